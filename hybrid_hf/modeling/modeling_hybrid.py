@@ -1,0 +1,537 @@
+"""Hybrid decoder-only language model: full attention, sliding-window attention and recurrent mixers per layer.
+
+The one place that shows how a decoder layer is assembled. Per-layer behaviour (mixer, window, RoPE/NoPE) is read
+from ``config`` at construction. Shipped as Hub remote code by ``save_pretrained``: imports are limited to torch,
+transformers and relative modules of this folder; optional CUDA packages are imported lazily elsewhere.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple
+
+from .configuration_hybrid import ATTENTION_LAYER_TYPES, HybridConfig
+from .linear_attention import LINEAR_MIXERS, build_linear_mixer
+
+
+class HybridRMSNorm(nn.Module):
+    """Root-mean-square layer norm computed in fp32."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        x = hidden_states.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+class HybridRotaryEmbedding(nn.Module):
+    """RoPE tables per attention layer type (sliding layers may use their own base, as in Gemma3)."""
+
+    def __init__(self, config: HybridConfig) -> None:
+        super().__init__()
+        self.layer_types = [
+            t
+            for t in ATTENTION_LAYER_TYPES
+            if any(lt == t and pe == "rope" for lt, pe in zip(config.layer_types, config.position_encodings))
+        ]
+        self.attention_scaling: dict[str, float] = {}
+        for t in self.layer_types:
+            inv_freq, scaling = _rope_inv_freq(config, config.rope_parameters[t])
+            self.register_buffer(f"{t}_inv_freq", inv_freq, persistent=False)
+            self.attention_scaling[t] = scaling
+
+    @torch.no_grad()
+    def forward(
+        self, x: torch.Tensor, position_ids: torch.Tensor
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out = {}
+        for t in self.layer_types:
+            inv_freq = getattr(self, f"{t}_inv_freq").to(device=x.device, dtype=torch.float32)
+            freqs = position_ids[..., None].float() * inv_freq
+            emb = torch.cat((freqs, freqs), dim=-1)
+            scale = self.attention_scaling[t]
+            out[t] = ((emb.cos() * scale).to(x.dtype), (emb.sin() * scale).to(x.dtype))
+        return out
+
+
+def _rope_inv_freq(config: HybridConfig, params: dict[str, Any]) -> tuple[torch.Tensor, float]:
+    dim = config.head_dim
+    if params["rope_type"] == "default":
+        base = params["rope_theta"]
+        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)), 1.0
+    # Scaled RoPE types reuse transformers' formulas on a flat view of this layer type's parameters.
+    view = SimpleNamespace(
+        rope_parameters=params,
+        head_dim=dim,
+        hidden_size=config.hidden_size,
+        num_attention_heads=config.num_attention_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        partial_rotary_factor=1.0,
+    )
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[params["rope_type"]](view, None)
+    return inv_freq.float(), float(scaling)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate ``q``/``k`` of shape (batch, heads, seq, head_dim) by position tables of shape (batch, seq, head_dim)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    b, h, s, d = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    return hidden_states[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention; the window is carried by ``attention_mask`` (as for sdpa and flex)."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+class HybridAttention(nn.Module):
+    """Multi-head (GQA) attention; full or sliding-window, RoPE or NoPE, optional QK-norm."""
+
+    def __init__(self, config: HybridConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.layer_type = config.layer_types[layer_idx]
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        self.use_rope = config.position_encodings[layer_idx] == "rope"
+        self.sliding_window = config.sliding_window if self.layer_type == "sliding_attention" else None
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        if config.use_qk_norm:
+            self.q_norm = HybridRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = HybridRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        q = self.q_proj(hidden_states).view(hidden_shape)
+        k = self.k_proj(hidden_states).view(hidden_shape)
+        v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        if self.use_rope:
+            q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+
+        # Attention weights exist only on the eager path; analysis asks for them explicitly.
+        if output_attentions:
+            interface: Callable = eager_attention_forward
+        else:
+            interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, weights = interface(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,
+            **kwargs,
+        )
+        out = self.o_proj(out.reshape(*input_shape, -1).contiguous())
+        return out, weights
+
+
+class HybridMLP(nn.Module):
+    """SwiGLU feed-forward block."""
+
+    def __init__(self, config: HybridConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class HybridDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: token mixer (attention or recurrent ``linear_attn``) then SwiGLU MLP."""
+
+    def __init__(self, config: HybridConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_type = config.layer_types[layer_idx]
+        if self.layer_type == "linear_attention":
+            self.linear_attn = build_linear_mixer(config, layer_idx)
+        else:
+            self.self_attn = HybridAttention(config, layer_idx)
+        self.mlp = HybridMLP(config)
+        self.input_layernorm = HybridRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = HybridRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        output_attentions: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        weights = None
+        if self.layer_type == "linear_attention":
+            hidden_states = self.linear_attn(
+                hidden_states,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+        else:
+            hidden_states, weights = self.self_attn(
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+                position_ids=position_ids,
+                **kwargs,
+            )
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states, weights
+
+
+class HybridPreTrainedModel(PreTrainedModel):
+    config_class = HybridConfig
+    config: HybridConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HybridDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    _keep_in_fp32_modules = ["A_log", "dt_bias"]
+
+    @property
+    def _is_stateful(self) -> bool:  # recurrent state cannot be rolled back (assisted decoding refuses)
+        return "linear_attention" in self.config.layer_types
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, HybridRMSNorm):
+            module.weight.fill_(1.0)
+        elif isinstance(module, HybridRotaryEmbedding):
+            for t in module.layer_types:
+                inv_freq, _ = _rope_inv_freq(self.config, self.config.rope_parameters[t])
+                getattr(module, f"{t}_inv_freq").copy_(inv_freq)
+        elif hasattr(module, "reset_mixer_parameters"):
+            module.reset_mixer_parameters()
+
+
+def _receptive_field_cap(window: int, sinks: int) -> Callable:
+    """Mask function keeping the last ``window`` keys (incl. self) plus the first ``sinks`` tokens."""
+
+    def cap(batch_idx: int, head_idx: int, q_idx: int, kv_idx: int) -> bool:
+        return (kv_idx > q_idx - window) | (kv_idx < sinks)
+
+    return cap
+
+
+class HybridModel(HybridPreTrainedModel):
+    """The bare decoder stack returning hidden states."""
+
+    def __init__(self, config: HybridConfig) -> None:
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([HybridDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = HybridRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = HybridRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def _mask_mapping(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None,
+        position_ids: torch.Tensor,
+        output_attentions: bool = False,
+    ) -> dict[str, Any]:
+        cfg = self.config
+        mask_config = cfg
+        if output_attentions and cfg._attn_implementation != "eager":
+            # Attention weights come from the eager path, which needs an explicit additive mask.
+            mask_config = copy.copy(cfg)
+            mask_config._attn_implementation_internal = "eager"
+        kwargs = {
+            "config": mask_config,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            "past_key_values": past_key_values,
+            "position_ids": position_ids,
+        }
+        caps = {"full_attention": cfg.eval_full_attention_window, "sliding_attention": cfg.eval_efficient_window}
+        if any(v is not None for v in caps.values()):
+            if cfg._attn_implementation.startswith("flash_attention"):
+                raise ValueError(
+                    "eval_full_attention_window/eval_efficient_window (receptive-field caps) need "
+                    "attn_implementation in {'eager', 'sdpa', 'flex_attention'}, not "
+                    f"{cfg._attn_implementation!r}."
+                )
+            if cfg.eval_attention_sink_size and past_key_values is not None and caps["sliding_attention"]:
+                raise ValueError(
+                    "eval_attention_sink_size>0 with a capped sliding layer needs use_cache=False: the sliding "
+                    "cache has already dropped the sink tokens."
+                )
+        mapping: dict[str, Any] = {}
+        types = set(cfg.layer_types)
+        if "full_attention" in types:
+            cap = caps["full_attention"]
+            extra = {"and_mask_function": _receptive_field_cap(cap, cfg.eval_attention_sink_size)} if cap else {}
+            mapping["full_attention"] = create_causal_mask(**kwargs, **extra)
+        if "sliding_attention" in types:
+            cap = caps["sliding_attention"]
+            extra = {"and_mask_function": _receptive_field_cap(cap, cfg.eval_attention_sink_size)} if cap else {}
+            mapping["sliding_attention"] = create_sliding_window_causal_mask(**kwargs, **extra)
+        if "linear_attention" in types:
+            mapping["linear_attention"] = attention_mask
+        return mapping
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        """Run the decoder stack. ``attention_mask`` is the usual 2D padding mask (or a per-type dict of prepared
+        masks). Packed documents are recognised from ``position_ids`` that restart at 0 (or ``cu_seq_lens_q``)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("HybridModel.forward: pass exactly one of `input_ids` or `inputs_embeds`.")
+        cfg = self.config
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        use_cache = cfg.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=cfg)
+        if position_ids is None:
+            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
+
+        if isinstance(attention_mask, dict):
+            mask_mapping = attention_mask
+        else:
+            mask_mapping = self._mask_mapping(
+                inputs_embeds, attention_mask, past_key_values, position_ids, bool(output_attentions)
+            )
+
+        hidden_states = inputs_embeds
+        rope = self.rotary_emb(hidden_states, position_ids)
+        all_hidden: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
+        all_attn: tuple[torch.Tensor | None, ...] | None = () if output_attentions else None
+        for layer in self.layers:
+            if all_hidden is not None:
+                all_hidden += (hidden_states,)
+            hidden_states, weights = layer(
+                hidden_states,
+                attention_mask=mask_mapping[layer.layer_type],
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                position_embeddings=rope.get(layer.layer_type),
+                output_attentions=bool(output_attentions),
+                **kwargs,
+            )
+            if all_attn is not None:
+                all_attn += (weights,)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden is not None:
+            all_hidden += (hidden_states,)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden,
+            attentions=all_attn,
+        )
+
+
+class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
+    """Hybrid decoder with a language-modelling head."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+
+    def __init__(self, config: HybridConfig) -> None:
+        super().__init__(config)
+        self.model = HybridModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Causal LM forward; ``labels`` are shifted inside the loss (ignore index -100)."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class HybridForSequenceClassification(GenericForSequenceClassification, HybridPreTrainedModel):
+    """Hybrid decoder with a classification head on the last non-padding token."""
+
+
+__all__ = [
+    "HybridPreTrainedModel",
+    "HybridModel",
+    "HybridForCausalLM",
+    "HybridForSequenceClassification",
+    "LINEAR_MIXERS",
+]
