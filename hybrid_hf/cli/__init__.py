@@ -1,0 +1,1 @@
+"""The ``hybrid-hf`` command line."""
