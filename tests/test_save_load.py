@@ -1,0 +1,95 @@
+"""save_pretrained / from_pretrained, Auto classes, and Hub remote code in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import tiny_model
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from hybrid_hf import HybridConfig, HybridForCausalLM, HybridForSequenceClassification, HybridModel
+
+# Runs in a fresh interpreter in which `import hybrid_hf` is made impossible.
+REMOTE_LOAD = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "hybrid_hf" or name.startswith("hybrid_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import torch
+    from transformers import AutoModelForCausalLM
+    try:
+        import hybrid_hf  # noqa: F401
+        raise SystemExit("hybrid_hf must not be importable here")
+    except ModuleNotFoundError:
+        pass
+    folder, ids_path, out_path = sys.argv[1:4]
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    ids = torch.load(ids_path)
+    with torch.no_grad():
+        logits = model(ids).logits
+    gen = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    torch.save({"logits": logits, "generated": gen}, out_path)
+    """
+)
+
+
+@pytest.mark.parametrize("pattern,encoding", [("SF", {"full_attention": "nope", "sliding_attention": "rope"}), ("F", "rope")])
+def test_save_load_identical_logits_and_safetensors(tmp_path, pattern, encoding):
+    model = tiny_model(pattern, position_encodings=encoding)
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
+    assert {"configuration_hybrid.py", "modeling_hybrid.py", "config.json"} <= files
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "hybrid_hf"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_hybrid.HybridForCausalLM"
+    assert config["auto_map"]["AutoConfig"] == "configuration_hybrid.HybridConfig"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, HybridForCausalLM)
+    ids = torch.randint(3, 128, (2, 11))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_auto_classes_are_registered():
+    cfg = AutoConfig.for_model("hybrid_hf", num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                               intermediate_size=64, vocab_size=64)
+    assert isinstance(cfg, HybridConfig)
+    assert isinstance(AutoModel.from_config(cfg), HybridModel)
+    assert isinstance(AutoModelForCausalLM.from_config(cfg), HybridForCausalLM)
+    assert isinstance(AutoModelForSequenceClassification.from_config(cfg), HybridForSequenceClassification)
+
+
+def test_remote_code_load_in_fresh_process_without_hybrid_hf(tmp_path):
+    model = tiny_model("SF", position_encodings={"full_attention": "nope", "sliding_attention": "rope"})
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
+    ids = torch.randint(3, 128, (1, 9))
+    torch.save(ids, tmp_path / "ids.pt")
+    script = tmp_path / "load.py"
+    script.write_text(REMOTE_LOAD)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        local = model(ids).logits
+    assert torch.equal(remote["logits"], local)
+    local_gen = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(remote["generated"], local_gen)
