@@ -1,0 +1,204 @@
+"""Offline English text for tokenizers, pretraining demos and evaluation.
+
+Nothing here touches the network. ``build_corpus`` gathers prose that Debian packages install under ``/usr/share``
+(GCIDE dictionary entries from ``dict-gcide``, the Python documentation sources from ``python3-doc``, GNU info
+manuals, licence texts) and always ends with the small sample shipped in this folder, so it returns text on any
+machine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+SAMPLE_PATH = Path(__file__).with_name("sample.txt")
+
+# Source name -> (glob patterns under /usr/share, reader). Order is the default preference order.
+SOURCE_NAMES = ("gcide", "python-doc", "info", "licenses", "sample")
+
+_SHARE = Path("/usr/share")
+
+
+def build_corpus(
+    max_chars: int | None = 2_000_000,
+    *,
+    sources: Sequence[str] | None = None,
+    output: str | Path | None = None,
+    min_doc_chars: int = 200,
+    root: str | Path | None = None,
+) -> list[str]:
+    """Collect offline English documents, deterministically, up to ``max_chars`` characters in total.
+
+    Args:
+        max_chars: Stop once this many characters are collected (``None``: take everything found).
+        sources: Subset of ``SOURCE_NAMES`` in preference order; default all of them. ``"sample"`` (the text
+            shipped with the package) is always appended when nothing else was found.
+        output: Optional file to write: ``.jsonl`` gets one ``{"text": ...}`` object per document, anything else
+            gets the documents separated by blank lines.
+        min_doc_chars: Drop documents shorter than this (dictionary stubs, headers); the sample is kept whole.
+        root: Directory standing in for ``/usr/share`` (tests).
+
+    Returns:
+        The documents, each a string of prose without markup.
+    """
+    names = list(sources) if sources is not None else list(SOURCE_NAMES)
+    unknown = [n for n in names if n not in SOURCE_NAMES]
+    if unknown:
+        raise ValueError(f"build_corpus: unknown sources {unknown}; allowed: {', '.join(SOURCE_NAMES)}.")
+    share = Path(root) if root is not None else _SHARE
+    docs: list[str] = []
+    total = 0
+
+    def take(texts: Iterable[str], min_chars: int) -> bool:
+        nonlocal total
+        for text in texts:
+            text = text.strip()
+            if len(text) < min_chars:
+                continue
+            if max_chars is not None and total + len(text) > max_chars:
+                text = text[: max_chars - total]
+                if len(text) >= min_chars:
+                    docs.append(text)
+                    total += len(text)
+                return False
+            docs.append(text)
+            total += len(text)
+        return True
+
+    for name in names:
+        if name == "sample":
+            continue
+        if not take(_READERS[name](share), min_doc_chars):
+            break
+    if "sample" in names or not docs:
+        if max_chars is None or total < max_chars:
+            take(sample_documents(), 1)
+    if output is not None:
+        write_documents(docs, output)
+    return docs
+
+
+def sample_documents() -> list[str]:
+    """The short essays shipped in ``sample.txt`` (one document per ``## `` section, about 13 kB in all)."""
+    text = SAMPLE_PATH.read_text(encoding="utf-8")
+    return [s.split("\n", 1)[1].strip() for s in re.split(r"^## ", text, flags=re.M) if s.strip()]
+
+
+def read_documents(path: str | Path, text_field: str = "text") -> list[str]:
+    """Read documents from a ``.jsonl`` file (``text_field`` of each line) or a plain text file (paragraphs
+    separated by blank lines)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"read_documents: no such file {str(path)!r}.")
+    if path.suffix == ".jsonl":
+        docs = []
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if text_field not in row:
+                    raise ValueError(f"read_documents: line {lineno} of {str(path)!r} has no field {text_field!r}.")
+                docs.append(str(row[text_field]))
+        return docs
+    text = path.read_text(encoding="utf-8")
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def write_documents(docs: Sequence[str], path: str | Path) -> Path:
+    """Write documents as ``.jsonl`` (``{"text": ...}`` per line) or as blank-line separated text."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        with path.open("w", encoding="utf-8") as fh:
+            for d in docs:
+                fh.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+    else:
+        # Paragraph breaks inside a document would split it on reading, so they become single newlines.
+        path.write_text("\n\n".join(re.sub(r"\n\s*\n", "\n", d) for d in docs) + "\n", encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- readers
+def _open_text(path: Path) -> str:
+    # dictzip (.dz) is gzip-compatible.
+    if path.suffix in (".gz", ".dz"):
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _chunks(paragraphs: Iterable[str], size: int = 4000) -> Iterator[str]:
+    """Group short paragraphs into documents of about ``size`` characters."""
+    buf: list[str] = []
+    n = 0
+    for p in paragraphs:
+        buf.append(p)
+        n += len(p)
+        if n >= size:
+            yield "\n".join(buf)
+            buf, n = [], 0
+    if buf:
+        yield "\n".join(buf)
+
+
+def _gcide(share: Path) -> Iterator[str]:
+    for path in sorted(share.glob("dictd/gcide.dict*")):
+        text = _open_text(path)
+        text = re.sub(r"\[[^\]]*\]", "", text)  # [1913 Webster], [Obs.] and similar source tags
+        text = re.sub(r"[{}]", "", text)
+        text = re.sub(r"<[^>]+>", "", text)
+        entries = (re.sub(r"\s+", " ", e).strip() for e in re.split(r"\n\s*\n", text))
+        yield from _chunks(e for e in entries if len(e) > 40 and not e.startswith("00-database"))
+
+
+def _python_doc(share: Path) -> Iterator[str]:
+    files = sorted(share.glob("doc/python3*/html/_sources/**/*.txt"))
+    for path in files:
+        text = _open_text(path)
+        lines = []
+        for line in text.splitlines():
+            s = line.strip()
+            if s.startswith(("..", ":")) or re.fullmatch(r"[=\-~^*#+`]{3,}", s):
+                continue
+            lines.append(line)
+        text = "\n".join(lines)
+        text = re.sub(r":[a-z:]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`", r"\1", text)  # :func:`name` -> name
+        text = text.replace("``", "")
+        yield re.sub(r"\n{3,}", "\n\n", text)
+
+
+def _info(share: Path) -> Iterator[str]:
+    for path in sorted(share.glob("info/*.info*")):
+        if path.name == "dir":
+            continue
+        text = _open_text(path)
+        for node in text.split("\x1f"):
+            body = "\n".join(
+                line
+                for line in node.splitlines()
+                if not line.startswith(("File: ", "* ", "Tag Table:", "End Tag Table", "Node: "))
+                and not re.fullmatch(r"[=\-*.]{3,}", line.strip())
+            )
+            yield re.sub(r"\n{3,}", "\n\n", body)
+
+
+def _licenses(share: Path) -> Iterator[str]:
+    seen: set[Path] = set()
+    for path in sorted(share.glob("common-licenses/*")):
+        real = path.resolve()
+        if real in seen or not real.is_file():
+            continue
+        seen.add(real)
+        yield _open_text(real)
+
+
+_READERS: dict[str, Callable[[Path], Iterator[str]]] = {
+    "gcide": _gcide,
+    "python-doc": _python_doc,
+    "info": _info,
+    "licenses": _licenses,
+}
