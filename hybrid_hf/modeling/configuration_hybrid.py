@@ -16,6 +16,7 @@ LAYER_TYPES = ("full_attention", "sliding_attention", "linear_attention")
 PATTERN_LETTERS = {"F": "full_attention", "S": "sliding_attention", "L": "linear_attention"}
 POSITION_ENCODINGS = ("rope", "nope")
 LINEAR_ATTENTION_TYPES = ("gated_deltanet", "mamba2", "lightning")
+ATTENTION_KERNELS = ("auto", "flash_attn", "flex", "sdpa", "transformers")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 
 # Paper sizes S1-S5 (non-embedding parameters about 15M, 31.5M, 65M, 104M, 477M).
@@ -80,6 +81,12 @@ class HybridConfig(PreTrainedConfig):
         eval_full_attention_window: Inference-time receptive-field cap for full-attention layers (``None``: off).
         eval_efficient_window: Inference-time receptive-field cap for sliding layers (``None``: off).
         eval_attention_sink_size: Number of leading tokens every capped layer keeps visible (attention sinks).
+        attention_kernel: ``"auto"`` (default: on CUDA with the sdpa implementation, training and prefill use
+            flash-attn window kernels if installed, else FlexAttention for sliding layers and cuDNN/flash SDPA for
+            full layers), an explicit ``"flash_attn"``/``"flex"``/``"sdpa"``, or ``"transformers"`` to always use
+            transformers' attention interface (``attn_implementation``).
+        fused_cross_entropy: Compute the training loss chunk by chunk from hidden states without materialising
+            the full logits (``logits`` is then ``None`` when ``labels`` are given).
     """
 
     model_type = "hybrid_hf"
@@ -133,6 +140,8 @@ class HybridConfig(PreTrainedConfig):
         eval_full_attention_window: int | None = None,
         eval_efficient_window: int | None = None,
         eval_attention_sink_size: int = 0,
+        attention_kernel: str = "auto",
+        fused_cross_entropy: bool = False,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
@@ -163,6 +172,8 @@ class HybridConfig(PreTrainedConfig):
         self.eval_full_attention_window = eval_full_attention_window
         self.eval_efficient_window = eval_efficient_window
         self.eval_attention_sink_size = eval_attention_sink_size
+        self.attention_kernel = attention_kernel
+        self.fused_cross_entropy = fused_cross_entropy
 
         self._validate_sizes()
         if self.head_dim is None:
@@ -262,6 +273,8 @@ class HybridConfig(PreTrainedConfig):
             v = getattr(self, field)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise _invalid(field, v, "None or a positive integer")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise _invalid("attention_kernel", self.attention_kernel, ", ".join(ATTENTION_KERNELS))
         if not isinstance(self.eval_attention_sink_size, int) or self.eval_attention_sink_size < 0:
             raise _invalid("eval_attention_sink_size", self.eval_attention_sink_size, "a non-negative integer")
         if self.linear_conv_kernel_size < 1:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
@@ -24,6 +25,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import can_return_tuple
 
+from .attention_kernels import causal_attention, cu_seqlens_from_position_ids, resolve_kernel
 from .configuration_hybrid import ATTENTION_LAYER_TYPES, HybridConfig
 from .linear_attention import LINEAR_MIXERS, build_linear_mixer
 
@@ -136,6 +138,15 @@ def eager_attention_forward(
     return out, weights
 
 
+class KernelPlan:
+    """Stands in for an attention mask when a layer runs a fused kernel (see ``attention_kernels``): no padding, no
+    cached prefix; ``cu_seqlens`` marks packed documents."""
+
+    def __init__(self, kernel: str, cu_seqlens: torch.Tensor | None) -> None:
+        self.kernel = kernel
+        self.cu_seqlens = cu_seqlens
+
+
 class HybridAttention(nn.Module):
     """Multi-head (GQA) attention; full or sliding-window, RoPE or NoPE, optional QK-norm."""
 
@@ -185,6 +196,16 @@ class HybridAttention(nn.Module):
             q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
+
+        if isinstance(attention_mask, KernelPlan):
+            out = causal_attention(
+                q, k, v,
+                window=self.sliding_window,
+                scale=self.scaling,
+                kernel=attention_mask.kernel,
+                cu_seqlens=attention_mask.cu_seqlens,
+            )
+            return self.o_proj(out.reshape(*input_shape, -1)), None
 
         # Attention weights exist only on the eager path; analysis asks for them explicitly.
         if output_attentions:
@@ -354,6 +375,10 @@ class HybridModel(HybridPreTrainedModel):
             # Attention weights come from the eager path, which needs an explicit additive mask.
             mask_config = copy.copy(cfg)
             mask_config._attn_implementation_internal = "eager"
+        # An empty cache carries no sizes; leaving it out lets transformers detect packed documents from
+        # position ids (it skips that check whenever a cache object is passed, even a fresh one).
+        if past_key_values is not None and past_key_values.get_seq_length() == 0:
+            past_key_values = None
         kwargs = {
             "config": mask_config,
             "inputs_embeds": inputs_embeds,
@@ -388,6 +413,28 @@ class HybridModel(HybridPreTrainedModel):
             mapping["linear_attention"] = attention_mask
         return mapping
 
+    def _fused_attention_applies(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None,
+        output_attentions: bool,
+    ) -> bool:
+        """Fused attention kernels serve training and prefill without padding, caps or requested weights."""
+        cfg = self.config
+        kernel = cfg.attention_kernel
+        if kernel == "transformers" or output_attentions:
+            return False
+        if kernel == "auto" and not (inputs_embeds.is_cuda and cfg._attn_implementation == "sdpa"):
+            return False
+        if cfg.eval_full_attention_window is not None or cfg.eval_efficient_window is not None:
+            return False
+        if self.training and cfg.attention_dropout > 0:
+            return False
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            return False
+        return attention_mask is None or (attention_mask.dim() == 2 and bool(attention_mask.all()))
+
     @can_return_tuple
     def forward(
         self,
@@ -408,7 +455,8 @@ class HybridModel(HybridPreTrainedModel):
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
-        use_cache = cfg.use_cache if use_cache is None else use_cache
+        if use_cache is None:  # training never needs a cache unless asked for one
+            use_cache = cfg.use_cache and not self.training
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if inputs_embeds is None:
@@ -421,6 +469,17 @@ class HybridModel(HybridPreTrainedModel):
 
         if isinstance(attention_mask, dict):
             mask_mapping = attention_mask
+        elif self._fused_attention_applies(inputs_embeds, attention_mask, past_key_values, bool(output_attentions)):
+            cu = kwargs.get("cu_seq_lens_q")
+            if cu is None:
+                cu = cu_seqlens_from_position_ids(position_ids)
+                if cu is not None:
+                    kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+            mask_mapping = {
+                t: KernelPlan(resolve_kernel(cfg.attention_kernel, inputs_embeds.device, t), cu)
+                for t in ATTENTION_LAYER_TYPES
+            }
+            mask_mapping["linear_attention"] = None
         else:
             mask_mapping = self._mask_mapping(
                 inputs_embeds, attention_mask, past_key_values, position_ids, bool(output_attentions)
@@ -454,6 +513,44 @@ class HybridModel(HybridPreTrainedModel):
             hidden_states=all_hidden,
             attentions=all_attn,
         )
+
+
+def chunked_cross_entropy(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
+    chunk_tokens: int = 4096,
+) -> torch.Tensor:
+    """Causal-LM loss of ``hidden_states @ weight.T`` without materialising all logits.
+
+    Same semantics as transformers' ``ForCausalLMLoss`` (labels shifted inside, fp32 logits, mean over valid tokens or
+    sum / ``num_items_in_batch``). Each chunk's logits are recomputed in backward (activation checkpointing), so peak
+    memory holds one chunk of ``chunk_tokens`` x vocab logits instead of all of them.
+    """
+    if shift_labels is None:
+        shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    h = hidden_states.reshape(-1, hidden_states.shape[-1])
+    y = shift_labels.reshape(-1).to(h.device)
+
+    def chunk_loss(h_chunk: torch.Tensor, y_chunk: torch.Tensor) -> torch.Tensor:
+        logits = (h_chunk @ weight.T).float()
+        return nn.functional.cross_entropy(logits, y_chunk, ignore_index=ignore_index, reduction="sum")
+
+    total = h.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.shape[0], chunk_tokens):
+        hc, yc = h[start : start + chunk_tokens], y[start : start + chunk_tokens]
+        if torch.is_grad_enabled() and h.requires_grad:
+            total = total + torch.utils.checkpoint.checkpoint(chunk_loss, hc, yc, use_reentrant=False)
+        else:
+            total = total + chunk_loss(hc, yc)
+    if num_items_in_batch is None:
+        return total / (y != ignore_index).sum().clamp(min=1)
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
 
 
 class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
@@ -510,6 +607,16 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
+        if labels is not None and self.config.fused_cross_entropy:
+            loss_kwargs = {k: kwargs[k] for k in ("num_items_in_batch", "ignore_index", "shift_labels") if k in kwargs}
+            loss = chunked_cross_entropy(hidden_states, self.lm_head.weight, labels, **loss_kwargs)
+            return CausalLMOutputWithPast(
+                loss=loss,
+                logits=None,
+                past_key_values=outputs.past_key_values,
+                hidden_states=outputs.hidden_states,
+                attentions=outputs.attentions,
+            )
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
         loss = None

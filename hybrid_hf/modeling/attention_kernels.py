@@ -1,0 +1,200 @@
+"""Attention kernel dispatch for training and prefill: one place that picks the kernel per layer.
+
+Window convention everywhere in hybrid_hf: a window ``W`` covers ``W`` keys including the current token, i.e. query
+``i`` sees keys ``i-W+1 .. i``. flash-attn spells the same window ``window_size=(W - 1, 0)``.
+
+Kernels, chosen by ``config.attention_kernel`` (``"auto"`` picks the first available on the inputs' device):
+
+- ``"flash_attn"``: flash-attn 2.x ``flash_attn_func``/``flash_attn_varlen_func`` (CUDA, optional package);
+- ``"flex"``: FlexAttention with a sliding-window (and document) block mask built once per shape and compiled once;
+- ``"sdpa"``: ``scaled_dot_product_attention`` — ``is_causal`` for full layers (cuDNN/flash backends on CUDA), an
+  explicit boolean mask for windows and documents (the reference; O(T^2) memory).
+
+Optional CUDA packages are imported lazily so that remote-code loading never needs them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+from .configuration_hybrid import ATTENTION_KERNELS
+
+
+@functools.cache
+def flash_attn_available() -> bool:
+    """Whether flash-attn 2.x with window support can be imported."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        from flash_attn import flash_attn_func  # noqa: F401
+    except Exception:  # broken builds raise all sorts of errors at import
+        return False
+    return True
+
+
+@functools.cache
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_kernel(requested: str, device: torch.device, layer_type: str) -> str:
+    """Kernel for one layer on ``device``; raises if an explicitly requested kernel cannot run there."""
+    if requested not in ATTENTION_KERNELS or requested == "transformers":
+        raise ValueError(f"attention_kernel={requested!r}; allowed here: flash_attn, flex, sdpa, auto")
+    on_cuda = device.type == "cuda"
+    if requested == "flash_attn":
+        if not (on_cuda and flash_attn_available()):
+            raise ValueError("attention_kernel='flash_attn' needs CUDA tensors and the flash-attn package installed.")
+        return "flash_attn"
+    if requested == "flex":
+        if not flex_available():
+            raise ValueError("attention_kernel='flex' needs torch.nn.attention.flex_attention (torch >= 2.5).")
+        return "flex"
+    if requested == "sdpa":
+        return "sdpa"
+    # auto
+    if on_cuda and flash_attn_available():
+        return "flash_attn"
+    if layer_type == "full_attention":
+        return "sdpa"  # cuDNN / flash SDPA backends beat FlexAttention on full causal attention
+    return "flex" if on_cuda and flex_available() else "sdpa"
+
+
+def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Per-token document index (length ``total``) from cumulative sequence lengths ``[0, l0, l0+l1, ...]``."""
+    positions = torch.arange(total, device=cu_seqlens.device)
+    return torch.searchsorted(cu_seqlens[1:].contiguous(), positions, right=True)
+
+
+def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Document boundaries of a packed row: a new document starts wherever the position id is 0.
+
+    Returns int32 ``cu_seqlens`` for a single packed row (batch 1), or ``None`` when the row holds one document.
+    """
+    if position_ids.shape[0] != 1:
+        return None
+    pos = position_ids[0]
+    starts = (pos == 0).nonzero().flatten()
+    if starts.numel() <= 1 and (starts.numel() == 0 or starts[0].item() == 0):
+        return None
+    if starts.numel() == 0 or starts[0].item() != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    end = torch.tensor([pos.numel()], device=pos.device, dtype=starts.dtype)
+    return torch.cat([starts, end]).to(torch.int32)
+
+
+# --------------------------------------------------------------------------------------------- FlexAttention
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _sliding_block_mask(q_len: int, kv_len: int, window: int | None, device: str):
+    """Block mask for causal (window=None) or sliding attention; cached per shape so it is built once."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    offset = kv_len - q_len
+
+    def mask_mod(b, h, q, kv):
+        q_abs = q + offset
+        keep = kv <= q_abs
+        if window is not None:
+            keep = keep & (q_abs - kv < window)
+        return keep
+
+    return create_block_mask(mask_mod, None, None, q_len, kv_len, device=device)
+
+
+def _document_block_mask(doc: torch.Tensor, window: int | None):
+    """Block mask for packed documents (rebuilt per batch since it depends on the data)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q, kv):
+        keep = (kv <= q) & (doc[q] == doc[kv])
+        if window is not None:
+            keep = keep & (q - kv < window)
+        return keep
+
+    n = doc.numel()
+    return create_block_mask(mask_mod, None, None, n, n, device=str(doc.device))
+
+
+def _flex(q, k, v, window, scale, cu_seqlens):
+    if cu_seqlens is not None:
+        block_mask = _document_block_mask(document_ids_from_cu_seqlens(cu_seqlens, q.shape[2]), window)
+    else:
+        block_mask = _sliding_block_mask(q.shape[2], k.shape[2], window, str(q.device))
+    if q.device.type == "cuda":
+        fn = _compiled_flex()
+    else:  # the CPU path runs FlexAttention's reference implementation (tests only)
+        from torch.nn.attention.flex_attention import flex_attention as fn
+    return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+# ---------------------------------------------------------------------------------------------------- SDPA
+def _sdpa(q, k, v, window, scale, cu_seqlens):
+    q_len, kv_len = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if window is None and cu_seqlens is None and q_len == kv_len:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    qi = torch.arange(q_len, device=q.device)[:, None] + (kv_len - q_len)
+    ki = torch.arange(kv_len, device=q.device)[None, :]
+    mask = ki <= qi
+    if window is not None:
+        mask &= qi - ki < window
+    if cu_seqlens is not None:
+        doc = document_ids_from_cu_seqlens(cu_seqlens, kv_len)
+        mask &= doc[qi] == doc[ki]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+# ----------------------------------------------------------------------------------------------- flash-attn
+def _flash(q, k, v, window, scale, cu_seqlens):
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
+
+    window_size = (window - 1, 0) if window is not None else (-1, -1)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, T, H, D)
+    if cu_seqlens is None:
+        out = flash_attn_func(q, k, v, softmax_scale=scale, causal=True, window_size=window_size)
+    else:
+        max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        out = flash_attn_varlen_func(
+            q[0], k[0], v[0], cu_seqlens, cu_seqlens, max_len, max_len,
+            softmax_scale=scale, causal=True, window_size=window_size,
+        )[None]
+    return out.transpose(1, 2)
+
+
+_KERNELS = {"flash_attn": _flash, "flex": _flex, "sdpa": _sdpa}
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    window: int | None,
+    scale: float,
+    kernel: str,
+    cu_seqlens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal (optionally sliding-window, optionally packed) attention.
+
+    ``q`` is (B, Hq, Tq, D), ``k``/``v`` are (B, Hkv, Tk, D) with ``Tk >= Tq`` (queries are the last ``Tq``
+    positions). ``cu_seqlens`` (int32, batch 1) marks packed document boundaries. Returns (B, Tq, Hq, D).
+    """
+    if cu_seqlens is not None and (q.shape[0] != 1 or q.shape[2] != k.shape[2]):
+        raise ValueError("cu_seqlens (packed documents) needs batch size 1 and no cached prefix.")
+    out = _KERNELS[kernel](q, k, v, window, scale, cu_seqlens)
+    return out.transpose(1, 2).contiguous()
