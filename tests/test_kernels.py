@@ -101,3 +101,41 @@ def test_fused_cross_entropy_matches_standard_loss_and_grads():
     a = model(ids, labels=labels, num_items_in_batch=n).loss
     b = ref(ids, labels=labels, num_items_in_batch=n).loss
     assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("pattern", ["F", "SF", "SSSF"])
+@pytest.mark.parametrize("chunk", [5, 64])
+def test_generate_fast_static_cache_matches_full_forward(pattern, chunk):
+    from hybrid_hf.generation import generate_fast
+
+    model = tiny_model(pattern, position_encodings={"full_attention": "nope", "sliding_attention": "rope"})
+    prompt = torch.randint(3, 128, (2, 13))
+    seq, logits = generate_fast(model, prompt, 12, prefill_chunk_size=chunk, return_logits=True)
+    with torch.no_grad():
+        full = model(seq, use_cache=False).logits
+    assert (logits - full[:, 12:-1]).abs().max().item() <= 1e-4
+    assert torch.equal(seq[:, 13:], full[:, 12:-1].argmax(-1))
+    # and the same tokens as transformers' generate with the dynamic cache
+    ref = model.generate(prompt, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(seq, ref)
+
+
+def test_static_cache_sliding_layers_hold_exactly_the_window():
+    from hybrid_hf.modeling.static_cache import HybridStaticCache
+
+    cfg = tiny_config("SF", sliding_window=4)
+    cache = HybridStaticCache(cfg, batch_size=1, max_length=1000, device="cpu", dtype=torch.float32)
+    sizes = cache.kv_bytes()
+    per_token = 2 * cfg.num_key_value_heads * cfg.head_dim * 4  # k+v, fp32
+    assert sizes["sliding_attention"] == 2 * 4 * per_token  # two sliding layers, W tokens each
+    assert sizes["full_attention"] == 2 * 1000 * per_token
+
+
+def test_generate_fast_rejects_bad_input():
+    from hybrid_hf.generation import generate_fast
+
+    model = tiny_model("SF")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_fast(model, torch.ones(1, 3, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match="cuda_graph"):
+        generate_fast(model, torch.ones(1, 3, dtype=torch.long), 2, cuda_graph=True)

@@ -146,8 +146,15 @@ def _flex(q, k, v, window, scale, cu_seqlens):
 def _sdpa(q, k, v, window, scale, cu_seqlens):
     q_len, kv_len = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    if window is None and cu_seqlens is None and q_len == kv_len:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    if window is None and cu_seqlens is None:
+        if q_len == kv_len:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        # queries are the last q_len positions: lower-right causal, served by the flash/efficient backends
+        from torch.nn.attention.bias import causal_lower_right
+
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=causal_lower_right(q_len, kv_len), scale=scale, enable_gqa=gqa
+        )
     qi = torch.arange(q_len, device=q.device)[:, None] + (kv_len - q_len)
     ki = torch.arange(kv_len, device=q.device)[None, :]
     mask = ki <= qi

@@ -27,6 +27,7 @@ from transformers.utils import can_return_tuple
 
 from .attention_kernels import causal_attention, cu_seqlens_from_position_ids, resolve_kernel
 from .configuration_hybrid import ATTENTION_LAYER_TYPES, HybridConfig
+from .static_cache import HybridStaticCache
 from .linear_attention import LINEAR_MIXERS, build_linear_mixer
 
 
@@ -194,6 +195,13 @@ class HybridAttention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         if self.use_rope:
             q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        if isinstance(past_key_values, HybridStaticCache):
+            kernel = self.config.attention_kernel
+            kernel = resolve_kernel("auto" if kernel == "transformers" else kernel, q.device, self.layer_type)
+            out = past_key_values.attend(
+                self.layer_idx, q, k, v, scale=self.scaling, position_ids=kwargs["position_ids"], kernel=kernel
+            )
+            return self.o_proj(out.reshape(*input_shape, -1)), None
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
 
@@ -469,6 +477,14 @@ class HybridModel(HybridPreTrainedModel):
 
         if isinstance(attention_mask, dict):
             mask_mapping = attention_mask
+        elif isinstance(past_key_values, HybridStaticCache):
+            if attention_mask is not None and not bool(attention_mask.all()):
+                raise ValueError(
+                    "HybridStaticCache decodes rows of equal length: `attention_mask` must not contain padding."
+                )
+            if output_attentions:
+                raise ValueError("output_attentions=True is not available with HybridStaticCache.")
+            mask_mapping = dict.fromkeys(cfg.layer_types)
         elif self._fused_attention_applies(inputs_embeds, attention_mask, past_key_values, bool(output_attentions)):
             cu = kwargs.get("cu_seq_lens_q")
             if cu is None:
@@ -505,6 +521,8 @@ class HybridModel(HybridPreTrainedModel):
             if all_attn is not None:
                 all_attn += (weights,)
         hidden_states = self.norm(hidden_states)
+        if isinstance(past_key_values, HybridStaticCache):
+            past_key_values.seen += hidden_states.shape[1]
         if all_hidden is not None:
             all_hidden += (hidden_states,)
         return BaseModelOutputWithPast(
