@@ -27,8 +27,8 @@ from transformers.utils import can_return_tuple
 
 from .attention_kernels import causal_attention, cu_seqlens_from_position_ids, resolve_kernel
 from .configuration_hybrid import ATTENTION_LAYER_TYPES, HybridConfig
-from .static_cache import HybridStaticCache
 from .linear_attention import LINEAR_MIXERS, build_linear_mixer
+from .static_cache import HybridStaticCache
 
 
 class HybridRMSNorm(nn.Module):
