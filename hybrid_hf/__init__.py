@@ -19,6 +19,7 @@ from .modeling import (
     HybridModel,
     HybridPreTrainedModel,
 )
+from .training import peft_targets as _peft_targets  # noqa: F401  (registers PEFT's default LoRA targets)
 
 __version__ = "0.1.0"
 
