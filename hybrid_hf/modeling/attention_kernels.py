@@ -150,11 +150,13 @@ def _sdpa(q, k, v, window, scale, cu_seqlens):
         if q_len == kv_len:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
         # queries are the last q_len positions: lower-right causal, served by the flash/efficient backends
+        # (keys are repeated for GQA: the CausalBias dispatch does not forward `enable_gqa` to those backends)
         from torch.nn.attention.bias import causal_lower_right
 
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=causal_lower_right(q_len, kv_len), scale=scale, enable_gqa=gqa
-        )
+        if gqa:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q_len, kv_len), scale=scale)
     qi = torch.arange(q_len, device=q.device)[:, None] + (kv_len - q_len)
     ki = torch.arange(kv_len, device=q.device)[None, :]
     mask = ki <= qi
