@@ -144,6 +144,14 @@ def train_flops_per_token(model, layer_types: list[str], window: int | None, seq
 
 # ------------------------------------------------------------------------------------------------ train
 def _train_run(name: str, model, layer_types, window, compile_blocks: bool = False) -> None:
+    try:
+        _train_case(name, model, layer_types, window, compile_blocks)
+    except Exception as ex:  # one failing case must not hide the others
+        emit(kind="train_error", model=name, error=repr(ex)[:500], tb=traceback.format_exc()[-1500:])
+    reset_peak()
+
+
+def _train_case(name: str, model, layer_types, window, compile_blocks: bool) -> None:
     s = shapes()
     dev = device()
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
@@ -400,7 +408,7 @@ def markdown(env: dict) -> str:
         lines.append("")
     errors = [r for r in RESULTS if "error" in r]
     if errors:
-        lines += ["## Errors", ""] + [f"- {r['section']}: {r['error']}" for r in errors]
+        lines += ["## Errors", ""] + [f"- {r.get('section') or r.get('model')}: {r['error']}" for r in errors]
     return "\n".join(lines) + "\n"
 
 
