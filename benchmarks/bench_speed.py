@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybrid_hf import HybridConfig, HybridForCausalLM  # noqa: E402
 from hybrid_hf.generation import generate_fast  # noqa: E402
-from hybrid_hf.modeling.attention_kernels import causal_attention  # noqa: E402
+from hybrid_hf.modeling.attention_kernels import causal_attention, resolve_kernel  # noqa: E402
 
 PEAK_FLOPS = 790e12  # bf16 dense matmul measured on the H200 (KINDS.md); the baseline file uses the same
 RESULTS: list[dict] = []
@@ -336,18 +336,20 @@ def _swa_case(flex, create_block_mask, n: int, w: int, heads: int, d: int, dtype
     g = torch.randn(1, heads, n, d, device="cuda", dtype=dtype)
     block_mask = create_block_mask(lambda b, h, i, j: (i >= j) & (i - j < w), None, None, n, n, device="cuda")
 
+    kernel = resolve_kernel("auto", q.device, "sliding_attention")
+
     def run_flex():
         flex(q, k, v, block_mask=block_mask, scale=d**-0.5).backward(g)
 
     def run_ours():
-        causal_attention(q, k, v, window=w, scale=d**-0.5, kernel="auto").transpose(1, 2).backward(g)
+        causal_attention(q, k, v, window=w, scale=d**-0.5, kernel=kernel).transpose(1, 2).backward(g)
 
     o1 = flex(q, k, v, block_mask=block_mask, scale=d**-0.5)
-    o2 = causal_attention(q, k, v, window=w, scale=d**-0.5, kernel="auto").transpose(1, 2)
+    o2 = causal_attention(q, k, v, window=w, scale=d**-0.5, kernel=kernel).transpose(1, 2)
     maxdiff = float((o1 - o2).abs().max())
     t_flex = timeit(run_flex, 2, 10)
     t_ours = timeit(run_ours, 2, 10)
-    emit(kind="swa_kernel_fwdbwd", N=n, W=w, heads=heads, head_dim=d, flex_ms=round(t_flex * 1e3, 3),
+    emit(kind="swa_kernel_fwdbwd", N=n, W=w, heads=heads, head_dim=d, ours_kernel=kernel, flex_ms=round(t_flex * 1e3, 3),
          ours_ms=round(t_ours * 1e3, 3), ratio=round(t_ours / t_flex, 3), maxdiff=maxdiff)
 
 

@@ -357,6 +357,16 @@ class HybridConfig(PreTrainedConfig):
         inv = {v: k for k, v in PATTERN_LETTERS.items()}
         return "".join(inv[t] for t in self.layer_types)
 
+    def convert_rope_params_to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """RoPE parameters were normalised in ``_resolve_rope_parameters``; only drop legacy keys here (some
+        transformers versions would otherwise write a top-level ``rope_theta`` into the per-type dict)."""
+        kwargs.pop("rope_scaling", None)
+        kwargs.pop("rope_theta", None)
+        return kwargs
+
+    def standardize_rope_params(self) -> None:
+        return None
+
     def validate_layer_type(self) -> None:  # transformers' hook; our own checks ran at construction
         return None
 
