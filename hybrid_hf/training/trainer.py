@@ -48,7 +48,10 @@ def split_documents(documents: Sequence[str], eval_fraction: float, min_eval: in
 
 
 def training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
-    """TrainingArguments with defaults suited to small runs; any field can be overridden."""
+    """TrainingArguments with defaults suited to small runs; any field can be overridden.
+
+    ``gradient_checkpointing=True`` is passed under the name the installed transformers expects.
+    """
     kwargs: dict[str, Any] = dict(
         output_dir=output_dir,
         per_device_train_batch_size=8,
@@ -69,6 +72,13 @@ def training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
         use_cpu=not torch.cuda.is_available(),
     )
     kwargs.update(overrides)
+    # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
+    fields = TrainingArguments.__dataclass_fields__
+    if "activation_checkpointing" in fields and "gradient_checkpointing" in kwargs:
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    if not kwargs.get("activation_checkpointing", kwargs.get("gradient_checkpointing", True)):
+        kwargs.pop("activation_checkpointing", None)
+        kwargs.pop("gradient_checkpointing", None)
     if kwargs.get("eval_strategy", "no") != "no":
         kwargs.setdefault("eval_steps", kwargs.get("save_steps"))
     return TrainingArguments(**kwargs)
