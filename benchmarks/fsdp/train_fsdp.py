@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         # out.loss = this rank's token-loss sum / global tokens; ranks' gradients are averaged, hence * world.
         accelerator.backward(out.loss * world)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: DTensor
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

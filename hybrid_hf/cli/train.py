@@ -133,19 +133,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"no checkpoint in {str(out)!r}; starting from scratch")
     result = trainer.train(resume_from_checkpoint=resume)
 
-    if not trainer.is_world_process_zero():
-        return 0
+    metrics = {"train": result.metrics, "log_history": trainer.state.log_history}
+    if eval_ds is not None:  # on every rank: a sharded (FSDP) model needs all of them for a forward pass
+        metrics["eval"] = evaluate_causal_lm(trainer.model, eval_ds, args.batch_size)
     final = out / "final"
     if args.lora:
-        trainer.model.save_pretrained(out / "adapter")
-        merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(final)
+        trainer.save_model(str(out / "adapter"))
+        if trainer.is_fsdp_enabled:
+            print(f"adapter saved to {out / 'adapter'}; merge it on one process (peft merge_and_unload)")
+        elif trainer.is_world_process_zero():
+            trainer.model.merge_and_unload().save_pretrained(final)
     else:
-        trainer.save_model(str(final))
+        trainer.save_model(str(final))  # every rank takes part in gathering sharded weights
+    if not trainer.is_world_process_zero():
+        return 0
     tokenizer.save_pretrained(final)
-    metrics = {"train": result.metrics, "log_history": trainer.state.log_history}
-    if eval_ds is not None:
-        metrics["eval"] = evaluate_causal_lm(trainer.model, eval_ds, args.batch_size)
+    if "eval" in metrics:
         print(f"eval loss {metrics['eval']['loss']:.4f}, perplexity {metrics['eval']['perplexity']:.2f}")
     (out / "train_results.json").write_text(json.dumps(metrics, indent=1))
     print(f"final model: {final}")
