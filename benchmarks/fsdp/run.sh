@@ -9,11 +9,13 @@ mkdir -p "$OUT"
 # NVLink multicast stays off on shared hosts.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+LAUNCH="$PY -m accelerate.commands.launch"
 D=benchmarks/fsdp
 launch() {  # label, accelerate options...
   local label=$1; shift
   echo "=== $label"
-  accelerate launch "$@" $D/train_fsdp.py --label "$label" --out "$OUT/$label.json" "${TRAIN_ARGS[@]}" \
+  $LAUNCH "$@" $D/train_fsdp.py --label "$label" --out "$OUT/$label.json" "${TRAIN_ARGS[@]}" \
     || echo "=== $label FAILED (exit $?)"
 }
 TRAIN_ARGS=("$@")
@@ -21,5 +23,5 @@ launch single-bf16 --config_file $D/single.yaml
 launch single-fp32 --config_file $D/single.yaml --mixed_precision no
 launch ddp2-bf16 --config_file $D/ddp.yaml
 launch fsdp2-bf16 --config_file $D/fsdp2.yaml
-python $D/compare.py "$OUT"/single-bf16.json "$OUT"/single-fp32.json "$OUT"/ddp2-bf16.json "$OUT"/fsdp2-bf16.json \
+$PY $D/compare.py "$OUT"/single-bf16.json "$OUT"/single-fp32.json "$OUT"/ddp2-bf16.json "$OUT"/fsdp2-bf16.json \
   --json "$OUT/fsdp-comparison.json" --markdown "$OUT/fsdp-comparison.md"
