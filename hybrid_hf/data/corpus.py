@@ -146,13 +146,28 @@ def _chunks(paragraphs: Iterable[str], size: int = 4000) -> Iterator[str]:
 
 
 def _gcide(share: Path) -> Iterator[str]:
+    def entries(path: Path) -> Iterator[str]:
+        # Streamed entry by entry (blank-line separated) so a small budget never decompresses the whole dictionary.
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as fh:
+            buf: list[str] = []
+            for line in fh:
+                if line.strip():
+                    buf.append(line)
+                    continue
+                if buf:
+                    yield _clean_gcide("".join(buf))
+                    buf = []
+            if buf:
+                yield _clean_gcide("".join(buf))
+
     for path in sorted(share.glob("dictd/gcide.dict*")):
-        text = _open_text(path)
-        text = re.sub(r"\[[^\]]*\]", "", text)  # [1913 Webster], [Obs.] and similar source tags
-        text = re.sub(r"[{}]", "", text)
-        text = re.sub(r"<[^>]+>", "", text)
-        entries = (re.sub(r"\s+", " ", e).strip() for e in re.split(r"\n\s*\n", text))
-        yield from _chunks(e for e in entries if len(e) > 40 and not e.startswith("00-database"))
+        yield from _chunks(e for e in entries(path) if len(e) > 40 and not e.startswith("00-database"))
+
+
+def _clean_gcide(entry: str) -> str:
+    entry = re.sub(r"\[[^\]]*\]", "", entry)  # [1913 Webster], [Obs.] and similar source tags
+    entry = re.sub(r"[{}]|<[^>]+>", "", entry)
+    return re.sub(r"\s+", " ", entry).strip()
 
 
 def _python_doc(share: Path) -> Iterator[str]:
