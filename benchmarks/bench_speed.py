@@ -157,8 +157,7 @@ def _train_case(name: str, model, layer_types, window, compile_blocks: bool) -> 
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     model = model.to(dev, dtype).train()
     if compile_blocks:
-        for layer in model.model.layers:
-            layer.compile()
+        model.compile_layers()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
     ids = torch.randint(0, s["vocab"], (s["batch"], s["seq"]), device=dev)
     losses = []
@@ -289,6 +288,8 @@ def decode() -> None:
         hf_tok_s = batch * new / max(t_all - t_prefill, 1e-6)
         emit(kind="decode", model=f"transformers Qwen3 generate [{label}]", batch=batch, ctx=ctx, new=new,
              tok_s=round(hf_tok_s, 1), prefill_s=round(t_prefill, 3), peak_GiB=peak_gib())
+        with torch.no_grad():
+            hf_probe_logits = hf(ids[:1, -2048:], use_cache=False, logits_to_keep=1).logits.float()
         state = hf.state_dict()
         del hf
         reset_peak()
@@ -307,9 +308,15 @@ def decode() -> None:
         t_all = time.perf_counter() - t0
         tok_s = batch * new / max(t_all - t_prefill, 1e-6)
         agree = float((out[:, ctx:] == hf_out[:, ctx:]).float().mean())
+        with torch.no_grad():
+            probe = ids[:1, -2048:]
+            ours_logits = ours(probe, use_cache=False, logits_to_keep=1).logits.float()
+            hf_logits = hf_probe_logits[:1]
+        logit_diff = float((ours_logits - hf_logits).abs().max())
         emit(kind="decode", model=f"hybrid_hf generate_fast+cudagraph [{label}]", batch=batch, ctx=ctx, new=new,
              tok_s=round(tok_s, 1), speedup_vs_hf=round(tok_s / hf_tok_s, 1), prefill_s=round(t_prefill, 3),
              peak_GiB=peak_gib(), greedy_token_agreement_with_hf=round(agree, 3),
+             max_logit_diff_vs_hf_2k_prompt=round(logit_diff, 4),
              unmatched_keys=len(missing.missing_keys) + len(missing.unexpected_keys))
         del ours
 

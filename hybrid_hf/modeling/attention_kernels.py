@@ -94,8 +94,14 @@ def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor | N
 # --------------------------------------------------------------------------------------------- FlexAttention
 @functools.cache
 def _compiled_flex():
+    # Every (length, window) shape compiles once; dynamo's default recompile limit (8 per code object, shared with
+    # any other compiled flex_attention in the process) would otherwise silently drop to the unfused O(T^2) path.
+    import torch._dynamo.config as dynamo_config
     from torch.nn.attention.flex_attention import flex_attention
 
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
     return torch.compile(flex_attention, dynamic=False)
 
 

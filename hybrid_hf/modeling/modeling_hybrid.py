@@ -319,6 +319,12 @@ class HybridPreTrainedModel(PreTrainedModel):
     def _is_stateful(self) -> bool:  # recurrent state cannot be rolled back (assisted decoding refuses)
         return "linear_attention" in self.config.layer_types
 
+    def compile_layers(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` every decoder layer in place: fuses RMSNorm, RoPE, SwiGLU and the attention kernel
+        (about 3x training throughput on an H200, see ``benchmarks/results``). Call after moving the model."""
+        for layer in self.base_model.layers:
+            layer.compile(**compile_kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
