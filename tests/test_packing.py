@@ -24,14 +24,14 @@ def _docs(seed: int = 0) -> list[list[int]]:
     return [torch.randint(3, 128, (n,), generator=g).tolist() for n in DOC_LENGTHS]
 
 
-def _model(pattern: str, impl: str) -> HybridForCausalLM:
+def _model(pattern: str, impl: str, **overrides) -> HybridForCausalLM:
     if "L" in pattern:
         try:
             HybridForCausalLM(tiny_config(pattern, linear_attention_type="gated_deltanet"))
         except Exception as err:  # the recurrent mixers are added by separate work
             pytest.skip(f"pattern {pattern!r} cannot be built yet: {type(err).__name__}: {err}")
-        return tiny_model(pattern, linear_attention_type="gated_deltanet", attn_implementation=impl)
-    return tiny_model(pattern, attn_implementation=impl)
+        return tiny_model(pattern, linear_attention_type="gated_deltanet", attn_implementation=impl, **overrides)
+    return tiny_model(pattern, attn_implementation=impl, **overrides)
 
 
 @torch.no_grad()
@@ -43,10 +43,16 @@ def _unpacked_losses(model, docs) -> list[float]:
     return out
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+# (attn_implementation, attention_kernel): "transformers" is the masking-utils path (the default on CPU); "sdpa" and
+# "flex" are hybrid_hf's fused kernels (the default for training on CUDA), forced here so that they run on CPU too.
+BACKENDS = [("eager", "transformers"), ("sdpa", "transformers"), ("sdpa", "sdpa"), ("sdpa", "flex")]
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("impl,kernel", BACKENDS)
 @pytest.mark.parametrize("pattern", ["F", "SF", "LF"])
-def test_flattened_batch_matches_unpacked_per_document(pattern, impl):
-    model = _model(pattern, impl)
+def test_flattened_batch_matches_unpacked_per_document(pattern, impl, kernel):
+    model = _model(pattern, impl, attention_kernel=kernel)
     docs = _docs()
     batch = flatten_batch(docs)  # transformers.DataCollatorWithFlattening layout: one row, positions restart
     assert batch["input_ids"].shape == (1, sum(DOC_LENGTHS))
@@ -56,10 +62,21 @@ def test_flattened_batch_matches_unpacked_per_document(pattern, impl):
     torch.testing.assert_close(torch.tensor(packed), torch.tensor(reference), atol=2e-5, rtol=0)
 
 
+FUSED_ROWS_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="model bug: the fused kernels only separate packed documents in a batch of one row "
+    "(attention_kernels.cu_seqlens_from_position_ids returns None for batch > 1), so rows of several "
+    "documents attend across documents on CUDA",
+)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("kernel", ["transformers", pytest.param("sdpa", marks=FUSED_ROWS_BUG),
+                                    pytest.param("flex", marks=FUSED_ROWS_BUG)])
 @pytest.mark.parametrize("pattern", ["F", "SF", "LF"])
-def test_packed_rows_match_unpacked_documents(pattern):
+def test_packed_rows_match_unpacked_documents(pattern, kernel):
     """Several rows, documents cut at row boundaries: each piece scores as an independent document."""
-    model = _model(pattern, "sdpa")
+    model = _model(pattern, "sdpa", attention_kernel=kernel)
     docs = _docs(1)
     rows = pack_documents(docs, 16)
     batch = {k: torch.tensor([r[k] for r in rows]) for k in rows[0]}
