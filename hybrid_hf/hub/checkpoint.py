@@ -55,6 +55,8 @@ def prepare_checkpoint(
 
     The folder gets ``model.safetensors``, ``config.json`` with ``auto_map``, the remote-code modelling files,
     ``generation_config.json``, the tokenizer (if any) and a ``README.md`` model card. A PEFT model is merged first.
+    Special-token ids missing from the model's config and generation config are filled in (on the model object)
+    from the tokenizer, so that ``generate`` works out of the box after loading.
 
     Args:
         model: A hybrid_hf model, a PEFT-wrapped one, or the path of a saved model folder.
