@@ -78,6 +78,7 @@ def test_model_card_contents():
     assert "### RULER" in card and "| 32K | 46.98 |" in card and "| 16K | 19.02 |" in card
     assert "Ten short essays." in card and CITATION in card and "2606.15378" in card
     assert 'from_pretrained("me/tiny-nope", trust_remote_code=True)' in card
+    assert 'target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]' in card
     assert "$" not in card.replace("$$", "")  # every placeholder filled
     bare = render_model_card(model.config, has_tokenizer=False)
     assert "No evaluation results were provided." in bare and "Not specified." in bare

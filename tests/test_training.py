@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from conftest import tiny_config, tiny_model
 from torch.utils.data import Dataset
@@ -138,3 +144,21 @@ def test_sequence_classification_trainer(tmp_path):
     trainer.train()
     losses = _losses(trainer)
     assert sum(losses[-3:]) / 3 < losses[0]
+
+
+def test_multi_process_benchmark_matches_one_process(tmp_path):
+    """benchmarks/fsdp/train_fsdp.py: 2 processes (DDP over gloo, via accelerate) and 1 process optimise the same
+    global-batch loss, so in fp32 their loss curves agree (the GPU run of the same script compares FSDP2 and DDP)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fsdp" / "train_fsdp.py"
+    args = [str(script), "--size", "tiny", "--seq-len", "32", "--global-batch", "4", "--steps", "4", "--warmup", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.json")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args,
+                          "--out", str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert (a["num_processes"], b["num_processes"], b["distributed_type"]) == (1, 2, "MULTI_CPU")
+    assert a["losses"][-1] < a["losses"][0]
+    torch.testing.assert_close(torch.tensor(b["losses"]), torch.tensor(a["losses"]), atol=1e-5, rtol=0)

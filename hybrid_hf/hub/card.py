@@ -352,9 +352,21 @@ def render_model_card(
         "training_data": training_data or "Not specified.",
         "evaluation": render_eval_tables(eval_results),
         "citation": CITATION,
+        "lora_targets": json.dumps(_present_lora_targets(model_or_config)),
     }
     text = Path(template or template_path()).read_text(encoding="utf-8")
     return re.sub(r"\n{3,}", "\n\n", string.Template(text).safe_substitute(values))
+
+
+def _present_lora_targets(model_or_config: nn.Module | HybridConfig) -> list[str]:
+    """The registered default LoRA targets that exist in this model (names of its Linear modules)."""
+    from ..training.peft_targets import LORA_TARGET_MODULES
+
+    if isinstance(model_or_config, HybridConfig):
+        with torch.device("meta"):
+            model_or_config = HybridForCausalLM(model_or_config)
+    names = {n.rsplit(".", 1)[-1] for n, m in model_or_config.named_modules() if isinstance(m, nn.Linear)}
+    return [t for t in LORA_TARGET_MODULES if t in names]
 
 
 def load_eval_results(path: str | Path) -> EvalResults:
