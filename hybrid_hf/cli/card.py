@@ -16,10 +16,11 @@ tables {title: {metric: value}}, or a list of row objects.
 """
 
 
-def add_card_arguments(p: argparse.ArgumentParser) -> None:
-    """Model-card options shared by `card` and `push`."""
+def add_card_arguments(p: argparse.ArgumentParser, repo_id_option: bool = True) -> None:
+    """Model-card options shared by `card` and `push` (which takes the repository id as an argument instead)."""
     g = p.add_argument_group("model card")
-    g.add_argument("--repo-id", help="Hub id shown in the usage snippet (e.g. me/my-model)")
+    if repo_id_option:
+        g.add_argument("--repo-id", help="Hub id shown in the usage snippet (e.g. me/my-model)")
     g.add_argument("--name", help="card title (default: last part of --repo-id)")
     g.add_argument("--description", help="text under the title")
     g.add_argument("--training-data", metavar="TEXT", help="training-data section; @FILE reads it from a file")

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--output-dir", help="keep the prepared folder here (default: a temporary folder)")
     g.add_argument("--prepare-only", action="store_true", help="only prepare --output-dir; no network access")
     g.add_argument("--overwrite", action="store_true", help="allow a non-empty --output-dir")
-    add_card_arguments(p)
+    add_card_arguments(p, repo_id_option=False)
     p.set_defaults(func=run)
 
 
@@ -48,7 +48,6 @@ def run(args: argparse.Namespace) -> int:
     from ..hub import HubError, prepare_checkpoint, publish
 
     kwargs = card_kwargs(args)
-    kwargs["repo_id"] = args.repo_id
     if args.prepare_only:
         if not args.output_dir:
             print("hybrid-hf push: --prepare-only needs --output-dir", file=sys.stderr)
