@@ -80,15 +80,11 @@ class _StaticAttentionLayer(CacheLayerMixin):
     def decode(self, q, k, v, position: torch.Tensor, scale: float) -> torch.Tensor:
         """One token per row at device-side ``position`` (graph-safe: no host synchronisation)."""
         self.write(k, v, position.reshape(1))
-        # ring slots fill 0..W-1, then all stay valid; an additive bias keeps the fused (efficient) SDPA backend
-        bias = torch.where(self.slots <= position, 0.0, float("-inf")).to(q.dtype)
-        b, hq, _, d = q.shape
-        hkv = self.keys.shape[1]
-        # GQA without copying keys: the query heads sharing a key head become that head's query rows
-        qg = q.reshape(b, hkv, hq // hkv, d)
-        out = F.scaled_dot_product_attention(qg, self.keys, self.values, attn_mask=bias.expand(b, hkv, hq // hkv, -1),
-                                             scale=scale)
-        return out.reshape(b, hq, 1, d).transpose(1, 2)
+        valid = (self.slots <= position)[None, None, None, :]  # ring slots fill 0..W-1, then all stay valid
+        out = F.scaled_dot_product_attention(
+            q, self.keys, self.values, attn_mask=valid, scale=scale, enable_gqa=q.shape[1] != self.keys.shape[1]
+        )
+        return out.transpose(1, 2)
 
 
 class HybridStaticCache(Cache):
