@@ -65,6 +65,9 @@ def test_cu_seqlens_from_position_ids():
     assert cu_seqlens_from_position_ids(pos).tolist() == [0, 3, 5, 9]
     assert cu_seqlens_from_position_ids(torch.arange(6)[None]) is None
     assert cu_seqlens_from_position_ids(torch.arange(6).repeat(2, 1)) is None
+    # several packed rows: boundaries over the flattened batch, every row start included
+    rows = torch.tensor([[0, 1, 0, 1, 2], [3, 4, 0, 1, 2]])
+    assert cu_seqlens_from_position_ids(rows).tolist() == [0, 2, 5, 7, 10]
 
 
 def test_resolve_kernel_auto_and_errors():

@@ -62,17 +62,8 @@ def test_flattened_batch_matches_unpacked_per_document(pattern, impl, kernel):
     torch.testing.assert_close(torch.tensor(packed), torch.tensor(reference), atol=2e-5, rtol=0)
 
 
-FUSED_ROWS_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="model bug: the fused kernels only separate packed documents in a batch of one row "
-    "(attention_kernels.cu_seqlens_from_position_ids returns None for batch > 1), so rows of several "
-    "documents attend across documents on CUDA",
-)
-
-
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("kernel", ["transformers", pytest.param("sdpa", marks=FUSED_ROWS_BUG),
-                                    pytest.param("flex", marks=FUSED_ROWS_BUG)])
+@pytest.mark.parametrize("kernel", ["transformers", "sdpa", "flex"])
 @pytest.mark.parametrize("pattern", ["F", "SF", "LF"])
 def test_packed_rows_match_unpacked_documents(pattern, kernel):
     """Several rows, documents cut at row boundaries: each piece scores as an independent document."""

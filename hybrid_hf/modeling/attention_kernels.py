@@ -75,20 +75,21 @@ def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.
 
 
 def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
-    """Document boundaries of a packed row: a new document starts wherever the position id is 0.
+    """Document boundaries of packed rows: a document starts at every row start and wherever the position id is 0.
 
-    Returns int32 ``cu_seqlens`` for a single packed row (batch 1), or ``None`` when the row holds one document.
+    The rows are read as one flattened sequence (batch x length), as flash-attn's varlen kernels do. Returns int32
+    ``cu_seqlens`` over that flattened sequence, or ``None`` when no row restarts its positions (plain batch).
     """
-    if position_ids.shape[0] != 1:
+    rows, length = position_ids.shape
+    restarts = position_ids[:, 1:] == 0
+    if not bool(restarts.any()):
         return None
-    pos = position_ids[0]
-    starts = (pos == 0).nonzero().flatten()
-    if starts.numel() <= 1 and (starts.numel() == 0 or starts[0].item() == 0):
-        return None
-    if starts.numel() == 0 or starts[0].item() != 0:
-        starts = torch.cat([starts.new_zeros(1), starts])
-    end = torch.tensor([pos.numel()], device=pos.device, dtype=starts.dtype)
-    return torch.cat([starts, end]).to(torch.int32)
+    starts = torch.zeros(rows, length, dtype=torch.bool, device=position_ids.device)
+    starts[:, 0] = True
+    starts[:, 1:] = restarts
+    begin = starts.flatten().nonzero().flatten()
+    end = torch.tensor([rows * length], device=begin.device, dtype=begin.dtype)
+    return torch.cat([begin, end]).to(torch.int32)
 
 
 # --------------------------------------------------------------------------------------------- FlexAttention
@@ -207,9 +208,15 @@ def causal_attention(
     """Causal (optionally sliding-window, optionally packed) attention.
 
     ``q`` is (B, Hq, Tq, D), ``k``/``v`` are (B, Hkv, Tk, D) with ``Tk >= Tq`` (queries are the last ``Tq``
-    positions). ``cu_seqlens`` (int32, batch 1) marks packed document boundaries. Returns (B, Tq, Hq, D).
+    positions). ``cu_seqlens`` (int32, over the flattened B x T tokens) marks packed document boundaries; each row
+    start is a boundary too. Returns (B, Tq, Hq, D).
     """
-    if cu_seqlens is not None and (q.shape[0] != 1 or q.shape[2] != k.shape[2]):
-        raise ValueError("cu_seqlens (packed documents) needs batch size 1 and no cached prefix.")
-    out = _KERNELS[kernel](q, k, v, window, scale, cu_seqlens)
-    return out.transpose(1, 2).contiguous()
+    if cu_seqlens is None:
+        return _KERNELS[kernel](q, k, v, window, scale, None).transpose(1, 2).contiguous()
+    if q.shape[2] != k.shape[2]:
+        raise ValueError("cu_seqlens (packed documents) cannot be combined with a cached prefix.")
+    batch, _, length, _ = q.shape
+    if batch > 1:  # packed rows are attended as one flattened varlen sequence
+        q, k, v = (t.transpose(0, 1).reshape(1, t.shape[1], batch * length, t.shape[3]) for t in (q, k, v))
+    out = _KERNELS[kernel](q, k, v, window, scale, cu_seqlens).transpose(1, 2)  # (1, B*T, H, D)
+    return out.reshape(batch, length, *out.shape[2:]).contiguous()

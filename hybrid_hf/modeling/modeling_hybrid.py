@@ -494,7 +494,7 @@ class HybridModel(HybridPreTrainedModel):
         elif self._fused_attention_applies(inputs_embeds, attention_mask, past_key_values, bool(output_attentions)):
             cu = kwargs.get("cu_seq_lens_q")
             if cu is None:
-                cu = cu_seqlens_from_position_ids(position_ids)
+                cu = cu_seqlens_from_position_ids(position_ids.expand(inputs_embeds.shape[0], -1))
                 if cu is not None:
                     kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu)
             mask_mapping = {
