@@ -77,7 +77,14 @@ class HybridConfig(PreTrainedConfig):
         rope_theta: Base of the RoPE frequencies (shorthand, ends up in ``rope_parameters``).
         sliding_rope_theta: Optional separate RoPE base for sliding layers (shorthand, like Gemma3's local base).
         use_qk_norm: RMSNorm on each query and key head before RoPE.
-        linear_attention_type: Recurrent mixer used by ``"linear_attention"`` layers.
+        linear_attention_type: Recurrent mixer used by ``"linear_attention"`` layers: ``"gated_deltanet"``,
+            ``"mamba2"`` or ``"lightning"``.
+        linear_num_heads, linear_head_dim: Heads and key (GDN, Lightning) or value (Mamba-2) width per head of the
+            recurrent mixers (default: the attention layout).
+        linear_expand_v: Value width / key width for Gated DeltaNet.
+        linear_conv_kernel_size: Short causal convolution width (GDN, Mamba-2).
+        linear_chunk_size: Chunk length of the chunkwise-parallel reference path.
+        linear_state_size: Mamba-2 SSM state size N.
         eval_full_attention_window: Inference-time receptive-field cap for full-attention layers (``None``: off).
         eval_efficient_window: Inference-time receptive-field cap for sliding layers (``None``: off).
         eval_attention_sink_size: Number of leading tokens every capped layer keeps visible (attention sinks).
@@ -137,6 +144,7 @@ class HybridConfig(PreTrainedConfig):
         linear_expand_v: float = 1.0,
         linear_conv_kernel_size: int = 4,
         linear_chunk_size: int = 64,
+        linear_state_size: int = 64,
         eval_full_attention_window: int | None = None,
         eval_efficient_window: int | None = None,
         eval_attention_sink_size: int = 0,
@@ -169,6 +177,7 @@ class HybridConfig(PreTrainedConfig):
         self.linear_expand_v = linear_expand_v
         self.linear_conv_kernel_size = linear_conv_kernel_size
         self.linear_chunk_size = linear_chunk_size
+        self.linear_state_size = linear_state_size
         self.eval_full_attention_window = eval_full_attention_window
         self.eval_efficient_window = eval_efficient_window
         self.eval_attention_sink_size = eval_attention_sink_size
@@ -277,6 +286,23 @@ class HybridConfig(PreTrainedConfig):
             raise _invalid("attention_kernel", self.attention_kernel, ", ".join(ATTENTION_KERNELS))
         if not isinstance(self.eval_attention_sink_size, int) or self.eval_attention_sink_size < 0:
             raise _invalid("eval_attention_sink_size", self.eval_attention_sink_size, "a non-negative integer")
+        if has_linear:
+            if self.linear_num_heads is None:
+                self.linear_num_heads = self.num_attention_heads
+            if self.linear_head_dim is None:
+                self.linear_head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+            for field in ("linear_num_heads", "linear_head_dim", "linear_state_size"):
+                v = getattr(self, field)
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    raise _invalid(field, v, "a positive integer")
+            if self.linear_attention_type == "lightning" and self.linear_expand_v != 1.0:
+                raise _invalid("linear_expand_v", self.linear_expand_v, "1.0 for lightning (values share q/k width)")
+            if self.linear_attention_type == "mamba2" and self.linear_expand_v != 1.0:
+                raise _invalid("linear_expand_v", self.linear_expand_v, "1.0 for mamba2 (head_dim is the value width)")
+            if not (isinstance(self.linear_expand_v, (int, float)) and self.linear_expand_v > 0):
+                raise _invalid("linear_expand_v", self.linear_expand_v, "a positive number")
+            if float(self.linear_head_dim * self.linear_expand_v) != int(self.linear_head_dim * self.linear_expand_v):
+                raise _invalid("linear_expand_v", self.linear_expand_v, "a factor giving an integer value head width")
         if self.linear_conv_kernel_size < 1:
             raise _invalid("linear_conv_kernel_size", self.linear_conv_kernel_size, "a positive integer")
         if self.linear_chunk_size < 1:
@@ -375,16 +401,29 @@ class HybridConfig(PreTrainedConfig):
 
 
 def _linear_mixer_sizes(kind: str, sizes: dict[str, Any]) -> dict[str, Any]:
-    """Head layout of the recurrent mixers at a preset size, chosen to match the attention layers' parameters."""
-    hidden = sizes["hidden_size"]
-    heads = sizes["num_attention_heads"]
-    head_dim = hidden // heads
+    """Head layout of a recurrent mixer at a preset size: the head count whose parameters come closest to the
+    attention layer it replaces (q, k, v, o projections)."""
+    d, heads = sizes["hidden_size"], sizes["num_attention_heads"]
+    hd = d // heads
+    kv = sizes.get("num_key_value_heads") or heads
+    attention = 2 * d * heads * hd + 2 * d * kv * hd
+    k_conv, state = 4, 64
+
+    def mixer(h: int) -> int:
+        if kind == "gated_deltanet":  # q, k (h*hd); v, gate, out (h*2hd); a, b; conv; A_log, dt_bias, norm
+            return 2 * d * h * hd + 3 * d * h * 2 * hd + 2 * d * h + k_conv * h * 4 * hd + 2 * h + 2 * hd
+        if kind == "mamba2":  # in_proj (z, x, B, C, dt), conv (x, B, C), out_proj, A_log, dt_bias, D, norm
+            inner = h * hd
+            return d * (2 * inner + 2 * state + h) + k_conv * (inner + 2 * state) + inner * d + 3 * h + inner
+        return 5 * d * h * hd + h * hd  # lightning: q, k, v, gate, out, norm
+
+    best = min(range(1, 4 * heads + 1), key=lambda h: abs(mixer(h) - attention))
+    out: dict[str, Any] = {"linear_num_heads": best, "linear_head_dim": hd, "linear_expand_v": 1.0}
     if kind == "gated_deltanet":
-        # q,k,v,g projections + small a/b/conv terms ~ 4 d^2, like attention's q,k,v,o.
-        return {"linear_num_heads": heads // 2 if heads % 2 == 0 else heads, "linear_head_dim": head_dim * 2 if heads % 2 == 0 else head_dim, "linear_expand_v": 1.0}
+        out["linear_expand_v"] = 2.0  # value heads twice as wide as keys, as in fla's expand_v=2
     if kind == "mamba2":
-        return {"linear_num_heads": heads, "linear_head_dim": head_dim, "linear_expand_v": 1.0}
-    return {"linear_num_heads": heads, "linear_head_dim": head_dim, "linear_expand_v": 1.0}
+        out["linear_state_size"] = state
+    return out
 
 
 __all__ = ["HybridConfig", "PRESETS", "SIZES"]

@@ -449,6 +449,20 @@ class HybridModel(HybridPreTrainedModel):
             return False
         return attention_mask is None or (attention_mask.dim() == 2 and bool(attention_mask.all()))
 
+    @staticmethod
+    def _packed_boundaries(position_ids, inputs_embeds, attention_mask, past_key_values, kwargs) -> torch.Tensor | None:
+        """Document boundaries of packed rows (``cu_seq_lens_q`` as given, or read from restarting position ids);
+        stored in ``kwargs`` for the layers. Packing is only recognised without padding mask and cached prefix."""
+        cu = kwargs.get("cu_seq_lens_q")
+        if cu is not None or attention_mask is not None:
+            return cu
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            return None
+        cu = cu_seqlens_from_position_ids(position_ids.expand(inputs_embeds.shape[0], -1))
+        if cu is not None:
+            kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+        return cu
+
     @can_return_tuple
     def forward(
         self,
@@ -492,11 +506,7 @@ class HybridModel(HybridPreTrainedModel):
                 raise ValueError("output_attentions=True is not available with HybridStaticCache.")
             mask_mapping = dict.fromkeys(cfg.layer_types)
         elif self._fused_attention_applies(inputs_embeds, attention_mask, past_key_values, bool(output_attentions)):
-            cu = kwargs.get("cu_seq_lens_q")
-            if cu is None:
-                cu = cu_seqlens_from_position_ids(position_ids.expand(inputs_embeds.shape[0], -1))
-                if cu is not None:
-                    kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+            cu = self._packed_boundaries(position_ids, inputs_embeds, attention_mask, past_key_values, kwargs)
             mask_mapping = {
                 t: KernelPlan(resolve_kernel(cfg.attention_kernel, inputs_embeds.device, t), cu)
                 for t in ATTENTION_LAYER_TYPES
@@ -506,6 +516,8 @@ class HybridModel(HybridPreTrainedModel):
             mask_mapping = self._mask_mapping(
                 inputs_embeds, attention_mask, past_key_values, position_ids, bool(output_attentions)
             )
+            if "linear_attention" in cfg.layer_types:  # recurrent layers reset their state per packed document
+                self._packed_boundaries(position_ids, inputs_embeds, attention_mask, past_key_values, kwargs)
 
         hidden_states = inputs_embeds
         rope = self.rotary_emb(hidden_states, position_ids)
