@@ -87,9 +87,9 @@ def fla_gdn_backward_probe() -> None:
         beta = torch.rand(1, t, h, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         o, _ = chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=1.0)
         o.sum().backward()
-        emit(kind="fla_gdn_backward", ok=True, guard_says_safe=la.fla_gdn_backward_is_safe())
+        emit(kind="fla_gdn_backward", ok=True, guard_says_safe=la.fla_backward_is_safe())
     except Exception as ex:
-        emit(kind="fla_gdn_backward", ok=False, error=repr(ex)[:300], guard_says_safe=la.fla_gdn_backward_is_safe())
+        emit(kind="fla_gdn_backward", ok=False, error=repr(ex)[:300], guard_says_safe=la.fla_backward_is_safe())
 
 
 def timing(seq: int) -> None:

@@ -51,9 +51,10 @@ def fla_available() -> bool:
 
 
 @functools.cache
-def fla_gdn_backward_is_safe() -> bool:
-    """fla refuses (or, before it checked, silently got wrong) GDN gradients on Hopper with 3.4 <= triton < 3.7.1
-    (fla issue #640)."""
+def fla_backward_is_safe() -> bool:
+    """fla refuses (or, before it checked, silently got wrong) the gradients of its gated chunk kernels — GDN and
+    simple GLA alike, through ``chunk_bwd_dqkwg`` — on Hopper with 3.4 <= triton < 3.7.1 (fla issue #640; seen on
+    an H200 with triton 3.6 for both)."""
     if torch.cuda.get_device_capability()[0] != 9:
         return True
     try:
@@ -68,11 +69,11 @@ def fla_gdn_backward_is_safe() -> bool:
 def _use_fla(x: torch.Tensor, kind: str) -> bool:
     if not (x.is_cuda and fla_available()):
         return False
-    if kind == "gated_delta" and torch.is_grad_enabled() and x.requires_grad and not fla_gdn_backward_is_safe():
+    if torch.is_grad_enabled() and x.requires_grad and not fla_backward_is_safe():
         warnings.warn(
-            "hybrid_hf: fla's Gated DeltaNet backward is wrong/refused on Hopper with triton >= 3.4, < 3.7.1 "
-            "(fla issue #640); training uses the PyTorch reference for GDN layers instead. Install triton >= 3.7.1 "
-            "for the fast kernel.",
+            f"hybrid_hf: fla's {kind} backward is wrong/refused on Hopper with triton >= 3.4, < 3.7.1 "
+            "(fla issue #640); training uses the PyTorch reference for these layers instead (inference still uses "
+            "fla). Install triton >= 3.7.1 for the fast kernel.",
             stacklevel=3,
         )
         return False
