@@ -53,7 +53,7 @@ def settings(smoke: bool) -> dict:
         return dict(train_len=256, steps=6, batch=2, every=3, hidden=64, layers=4, heads=4, vocab=400,
                     eval_lengths=[256, 512], eval_samples=2, windows_scale=1 / 8, lr=3e-3)
     return dict(train_len=TRAIN_LEN, steps=1500, batch=16, every=150, hidden=256, layers=8, heads=4, vocab=4096,
-                eval_lengths=[1024, 2048, 4096], eval_samples=24, windows_scale=1.0, lr=2e-3)
+                eval_lengths=[1024, 2048, 4096], eval_samples=16, windows_scale=1.0, lr=2e-3)
 
 
 # ------------------------------------------------------------------------------------------------ data
