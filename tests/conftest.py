@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 import torch
 
@@ -39,3 +41,24 @@ def tiny_model(pattern: str = "SF", seed: int = 0, **overrides) -> HybridForCaus
 @pytest.fixture
 def model() -> HybridForCausalLM:
     return tiny_model()
+
+
+# Preamble of scripts run in a fresh interpreter in which `import hybrid_hf` is made impossible (remote-code tests).
+BLOCK_HYBRID_HF = textwrap.dedent(
+    """
+    import importlib.abc, importlib.util, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "hybrid_hf" or name.startswith("hybrid_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    try:
+        importlib.util.find_spec("hybrid_hf")
+        raise SystemExit("hybrid_hf must not be importable here")
+    except ModuleNotFoundError:
+        pass
+    """
+)

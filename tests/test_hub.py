@@ -11,7 +11,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from conftest import BLOCK_HYBRID_HF, tiny_config, tiny_model
 
 from hybrid_hf import HybridForCausalLM
 from hybrid_hf.data import sample_documents, train_tokenizer
@@ -136,22 +136,8 @@ def test_prepare_merges_peft_and_reads_a_saved_folder(tmp_path):
     assert "ships no tokenizer" in (again / "README.md").read_text()
 
 
-FRESH_LOAD = textwrap.dedent(
+FRESH_LOAD = BLOCK_HYBRID_HF + textwrap.dedent(
     """
-    import importlib.abc, importlib.util, json, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hybrid_hf" or name.startswith("hybrid_hf."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-            return None
-
-    sys.meta_path.insert(0, Block())
-    try:
-        importlib.util.find_spec("hybrid_hf")
-        raise SystemExit("hybrid_hf must not be importable here")
-    except ModuleNotFoundError:
-        pass
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     folder, out_path = sys.argv[1:3]

@@ -10,30 +10,16 @@ import textwrap
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import BLOCK_HYBRID_HF, tiny_model
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from hybrid_hf import HybridConfig, HybridForCausalLM, HybridForSequenceClassification, HybridModel
 
 # Runs in a fresh interpreter in which `import hybrid_hf` is made impossible.
-REMOTE_LOAD = textwrap.dedent(
+REMOTE_LOAD = BLOCK_HYBRID_HF + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hybrid_hf" or name.startswith("hybrid_hf."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-            return None
-
-    sys.meta_path.insert(0, Block())
     import torch
     from transformers import AutoModelForCausalLM
-    try:
-        import hybrid_hf  # noqa: F401
-        raise SystemExit("hybrid_hf must not be importable here")
-    except ModuleNotFoundError:
-        pass
     folder, ids_path, out_path = sys.argv[1:4]
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
