@@ -418,10 +418,14 @@ class HybridModel(HybridPreTrainedModel):
         if "full_attention" in types:
             cap = caps["full_attention"]
             extra = {"and_mask_function": _receptive_field_cap(cap, cfg.eval_attention_sink_size)} if cap else {}
+            # the cache layer that sizes the mask is named explicitly: older transformers picked the first
+            # non-sliding layer, which may be a recurrent one
+            extra["layer_idx"] = cfg.layer_types.index("full_attention")
             mapping["full_attention"] = create_causal_mask(**kwargs, **extra)
         if "sliding_attention" in types:
             cap = caps["sliding_attention"]
             extra = {"and_mask_function": _receptive_field_cap(cap, cfg.eval_attention_sink_size)} if cap else {}
+            extra["layer_idx"] = cfg.layer_types.index("sliding_attention")
             mapping["sliding_attention"] = create_sliding_window_causal_mask(**kwargs, **extra)
         if "linear_attention" in types:
             mapping["linear_attention"] = attention_mask
