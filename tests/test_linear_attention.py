@@ -235,3 +235,15 @@ def test_remote_code_load_with_recurrent_layers(tmp_path):
     remote = torch.load(tmp_path / "out.pt")
     with torch.no_grad():
         assert torch.equal(remote["logits"], model(ids).logits)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_generate_fast_with_recurrent_layers(mixer):
+    from hybrid_hf.generation import generate_fast
+
+    model = _linear_model("SLF", mixer)
+    prompt = torch.randint(3, 128, (2, 13))
+    seq, logits = generate_fast(model, prompt, 10, prefill_chunk_size=5, return_logits=True)
+    with torch.no_grad():
+        full = model(seq, use_cache=False).logits
+    assert (logits - full[:, 12:-1]).abs().max().item() <= 1e-4
