@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import Cache
 
 from .configuration_hybrid import HybridConfig
 from .ops_linear_attention import (
@@ -230,7 +231,14 @@ class GatedDeltaNetMixer(_RecurrentMixer):
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
 
-    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         b, t, _ = hidden_states.shape
         h, dk, dv = self.num_heads, self.head_dim, self.value_dim
         cu, cache = self._packing(kwargs, past_key_values)
@@ -281,7 +289,14 @@ class Mamba2Mixer(_RecurrentMixer):
         self.D.fill_(1.0)
         nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
 
-    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         b, t, _ = hidden_states.shape
         h, p, n = self.num_heads, self.head_dim, self.state_size
         inner = h * p
@@ -334,7 +349,14 @@ class LightningMixer(_RecurrentMixer):
     def reset_mixer_parameters(self) -> None:
         self.slopes.copy_(lightning_slopes(self.num_heads, self.layer_idx, self.config.num_hidden_layers))
 
-    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         b, t, _ = hidden_states.shape
         h, dh = self.num_heads, self.head_dim
         cu, cache = self._packing(kwargs, past_key_values)
