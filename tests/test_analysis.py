@@ -6,6 +6,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from conftest import tiny_model
 
@@ -19,7 +20,9 @@ from hybrid_hf.analysis import (
     qk_weight_distance,
     receptive_field_cap,
     retrieval_head_scores,
+    teacher_forced_copy_scores,
     top_heads,
+    trace_from_tables,
     trace_heads,
 )
 
@@ -126,3 +129,40 @@ def test_scaling_fit_recovers_known_law():
     loss = 30 * n**-0.25 + 400 * d**-0.3
     fit = fit_scaling_law(n, d, loss, holdout_n=8e7)
     assert abs(fit["alpha"] - 0.25) < 0.05 and fit["r2_train"] > 0.99 and fit["r2_holdout"] > 0.9
+
+
+def test_teacher_forced_copy_score_counts_top1_copies_of_the_answer():
+    ids = [5, 6, 7, 8, 9, 10, 7, 8]  # needle tokens 7, 8 at positions 2, 3; the answer (positions 6, 7) copies them
+    n = len(ids)
+    att = torch.zeros(1, 2, n, n)
+    att[0, 0, 5, 2] = att[0, 0, 6, 3] = 1.0  # head 0: the position predicting each answer token looks at its source
+    att[0, 1, :, 0] = 1.0  # head 1: attends to the first token
+    scores = teacher_forced_copy_scores([att, None], ids, answer_start=6, needle_positions=[2, 3])
+    assert scores[0, 0] == 1.0 and scores[0, 1] == 0.0 and torch.isnan(scores[1]).all()
+
+
+def test_trace_from_tables_finds_first_step_over_threshold():
+    tables = [torch.tensor([[0.0, 0.05]]), torch.tensor([[0.02, 0.2]]), torch.tensor([[0.12, 0.6]])]
+    trace = trace_from_tables([100, 200, 300], tables, k=2, threshold=0.1)
+    assert trace["heads"] == [[0, 1], [0, 0]]
+    assert trace["first_step_above"] == {"L0H1": 200, "L0H0": 300}
+    assert trace["max_score_per_step"] == pytest.approx([0.05, 0.2, 0.6])
+
+
+@pytest.mark.parametrize("kind", ["full", "efficient"])
+def test_receptive_field_cap_limits_visible_keys(kind):
+    model = tiny_model("SF", sliding_window=16)  # layers: sliding, full, sliding, full
+    ids = torch.randint(3, 128, (1, 24))
+    window, sinks = 4, 1
+    caps = {"full_attention": window, "sinks": sinks} if kind == "full" else {"efficient": window, "sinks": sinks}
+    with torch.no_grad(), receptive_field_cap(model, **caps):
+        att = model(ids, output_attentions=True).attentions
+    capped_layer, free_layer = (1, 0) if kind == "full" else (0, 1)
+    q = torch.arange(24)[:, None]
+    k = torch.arange(24)[None, :]
+    allowed = ((k > q - window) & (k <= q)) | ((k < sinks) & (k <= q))
+    if kind == "efficient":  # the cap narrows the layer's own mask, so sinks stay visible only inside W = 16
+        allowed &= k > q - 16
+    assert torch.equal(att[capped_layer][0] > 0, allowed.expand(4, -1, -1))
+    reach = 16 if kind == "full" else 24  # the other layer keeps its own receptive field
+    assert torch.all(att[free_layer][0][:, -1, -reach:] > 0)

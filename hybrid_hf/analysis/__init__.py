@@ -9,7 +9,9 @@ from .heads import (
     copy_paste_scores,
     needle_mass,
     retrieval_head_scores,
+    teacher_forced_copy_scores,
     top_heads,
+    trace_from_tables,
     trace_heads,
 )
 from .mechanisms import (
@@ -34,6 +36,8 @@ __all__ = [
     "qk_weight_distance",
     "receptive_field_cap",
     "retrieval_head_scores",
+    "teacher_forced_copy_scores",
     "top_heads",
+    "trace_from_tables",
     "trace_heads",
 ]

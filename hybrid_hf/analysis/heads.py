@@ -93,6 +93,20 @@ def copy_paste_retrieval_scores(model, samples: Sequence[Any], max_new_tokens: i
 RETRIEVAL_THRESHOLD = 0.1
 
 
+def trace_from_tables(steps: Sequence[int], tables: Sequence[torch.Tensor],
+                      heads: Sequence[tuple[int, int]] | None = None, k: int = 4,
+                      threshold: float = RETRIEVAL_THRESHOLD) -> dict[str, Any]:
+    """Emergence of retrieval heads from per-checkpoint (layers, heads) score tables: the top-``k`` heads of the
+    last table (unless ``heads`` are given), their score curves, and the first step each reaches ``threshold``."""
+    if heads is None:
+        heads = [(layer, head) for layer, head, _ in top_heads(tables[-1], k)]
+    curves = {f"L{layer}H{head}": [float(t[layer, head]) for t in tables] for layer, head in heads}
+    first = {name: next((s for s, v in zip(steps, vals) if v >= threshold), None) for name, vals in curves.items()}
+    return {"steps": list(steps), "heads": [list(h) for h in heads], "curves": curves, "first_step_above": first,
+            "threshold": threshold,
+            "max_score_per_step": [float(torch.nan_to_num(t, nan=0).max()) for t in tables]}
+
+
 def trace_heads(load: Callable[[Any], Any], checkpoints: Sequence[tuple[int, Any]], samples: Sequence[Any],
                 heads: Sequence[tuple[int, int]] | None = None, k: int = 4,
                 threshold: float = RETRIEVAL_THRESHOLD) -> dict[str, Any]:
@@ -101,17 +115,30 @@ def trace_heads(load: Callable[[Any], Any], checkpoints: Sequence[tuple[int, Any
 
     ``checkpoints`` are ``(step, handle)`` pairs in training order; ``load(handle)`` returns a model.
     """
-    table = {}
-    for step, handle in checkpoints:
-        table[step] = retrieval_head_scores(load(handle), samples)
-    last = checkpoints[-1][0]
-    if heads is None:
-        heads = [(layer, head) for layer, head, _ in top_heads(table[last], k)]
-    curves = {f"L{layer}H{head}": [float(table[s][layer, head]) for s, _ in checkpoints] for layer, head in heads}
-    steps = [s for s, _ in checkpoints]
-    first = {name: next((s for s, v in zip(steps, vals) if v >= threshold), None) for name, vals in curves.items()}
-    return {"steps": steps, "heads": [list(h) for h in heads], "curves": curves, "first_step_above": first,
-            "threshold": threshold, "max_score_per_step": [float(torch.nan_to_num(table[s], nan=0).max()) for s in steps]}
+    tables = [retrieval_head_scores(load(handle), samples) for _, handle in checkpoints]
+    return trace_from_tables([s for s, _ in checkpoints], tables, heads, k, threshold)
+
+
+def teacher_forced_copy_scores(attentions: Sequence[torch.Tensor | None], input_ids: Sequence[int],
+                               answer_start: int, needle_positions: Sequence[int]) -> torch.Tensor:
+    """Wu et al.'s copy-paste score without generation (one forward over prompt + gold answer): for each answer
+    token, a head scores ``1/n_answer`` when its top-1 attention at the position predicting that token lies in the
+    needle and holds that same token id. Returns (layers, heads); layers without attention are NaN."""
+    needle = set(needle_positions)
+    targets = list(range(answer_start, len(input_ids)))
+    heads = next(a.shape[1] for a in attentions if a is not None)
+    out = torch.full((len(attentions), heads), float("nan"))
+    for layer, att in enumerate(attentions):
+        if att is None:
+            continue
+        top = att[0, :, answer_start - 1 : len(input_ids) - 1, :].float().argmax(-1).cpu()  # (heads, answer)
+        hits = torch.zeros(heads)
+        for j, t in enumerate(targets):
+            for h in range(heads):
+                pos = int(top[h, j])
+                hits[h] += pos in needle and input_ids[pos] == input_ids[t]
+        out[layer] = hits / max(len(targets), 1)
+    return out
 
 
 def attention_entropy(attentions: Sequence[torch.Tensor | None], last_queries: int = 4) -> torch.Tensor:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 
+@torch.no_grad()
 def qk_weight_distance(model, reference) -> list[dict[str, float]]:
     """Per attention layer: mean over query heads of the Frobenius distance of the head's Q rows plus its K rows
     (the K head it shares under GQA) to ``reference``; absolute (``qk_l2``) and relative to the reference norm."""
