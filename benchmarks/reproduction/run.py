@@ -4,17 +4,34 @@
 (b) NoPE on the full-attention layers of a small-window SWA hybrid helps retrieval beyond the training length
     without hurting short-context loss.
 
-Parameter-matched 1:1 hybrids (full, SWA with three windows, SWA + NoPE full layers, GDN) are trained from scratch
-on identical data (natural text haystacks with "special magic number" needles and queries), checkpointing along
-the way; every checkpoint is scored for needle retrieval (teacher-forced answer accuracy at the training length
-and beyond) and for the paper's retrieval-head score (attention mass on the answer tokens at the query position).
-The haystack is random filler sentences by default (REPRO_HAYSTACK=natural uses the offline corpus; a first run
-with the small shipped corpus was memorised instead of read). The paper's windows 128/512/2048 at 16K context are 1/128, 1/32 and 1/8 of the context; here they are scaled to the
-training length the same way.
+The paper's presets (full, swa128, swa512, swa2048, swa128-nope, gdn; 1:1 alternation, full attention on the odd
+layers) are built at one small width and trained from scratch in parallel on one GPU, with identical data in
+identical order. The paper's windows are relative to its 16K training context, so they are scaled to the training
+length here (128/512/2048 of 16384 -> 8/32/128 of 1024); the report states the windows used.
 
-  python benchmarks/reproduction/run.py train --model swa-w16 --out runs/repro      # one model (parallel-safe)
-  python benchmarks/reproduction/run.py report --out runs/repro                     # tables, plots, report.md
-  python benchmarks/reproduction/run.py all --out runs/repro [--smoke]              # everything, models in parallel
+Training data: every sequence is a haystack of random filler sentences (or, with ``--corpus``, half of the
+sequences use sentences of a natural-text file) holding several "special magic number" needles, each queried once
+at a random later point (multi-query NIAH in the RULER format), so that the loss rewards reading the context and
+needle-to-query distances span both sides of every window. Plain next-token loss on all tokens.
+
+Every checkpoint is scored in the training process (no checkpoint files are written):
+  - single-needle NIAH (needle at a random depth, query at the end) at lengths up to 4x the training length:
+    teacher-forced exact match of the answer, split by whether the needle lay inside the SWA window;
+  - the paper's retrieval-head score (attention mass on the answer tokens at the query position) and Wu et al.'s
+    copy-paste score (teacher-forced: top-1 attention on the needle token being copied), per (layer, head);
+  - normalised attention entropy of the last query positions; short-context loss (256 tokens, no needles);
+  - Q/K weights of every attention head, kept to measure their distance to the final checkpoint.
+At the end, the library's long-context suite (``hybrid_hf.evaluation``, greedy generation) runs on the final
+checkpoint, and retrieval heads are traced over the checkpoints (``hybrid_hf.analysis.trace_from_tables``).
+
+  python benchmarks/reproduction/run.py all --out $OUT --smoke                   # CPU, < 60 s
+  python benchmarks/reproduction/run.py all --out $OUT --time-budget 300         # one H200, ~8 min
+  python benchmarks/reproduction/run.py train --model swa128 --out DIR            # one model (what `all` spawns)
+  python benchmarks/reproduction/run.py report --out DIR                          # rebuild the report from DIR/work
+
+``--out`` receives at most six files: report.md, reproduction.json, retrieval_emergence.png,
+length_generalization.png, niah_heatmaps.png, environment.json. Per-model results go to ``--work`` (default
+``OUT/../repro-work``).
 """
 
 from __future__ import annotations
@@ -22,7 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import platform
 import random
 import subprocess
 import sys
@@ -34,28 +51,30 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from hybrid_hf import HybridConfig, HybridForCausalLM  # noqa: E402
-from hybrid_hf.analysis import needle_mass  # noqa: E402
-from hybrid_hf.data import build_corpus, train_tokenizer  # noqa: E402
+from hybrid_hf.analysis import (  # noqa: E402
+    attention_entropy,
+    needle_mass,
+    qk_weight_distance,
+    teacher_forced_copy_scores,
+    trace_from_tables,
+)
+from hybrid_hf.data import build_corpus, read_documents, train_tokenizer  # noqa: E402
+from hybrid_hf.evaluation import evaluate_samples, make_suite, summarize  # noqa: E402
 from hybrid_hf.evaluation.tasks import ADJECTIVES, NEEDLE, NOUNS, QUERY  # noqa: E402
+from hybrid_hf.modeling.configuration_hybrid import PRESETS, _linear_mixer_sizes  # noqa: E402
 
-TRAIN_LEN = 2048
-HAYSTACK = os.environ.get("REPRO_HAYSTACK", "synthetic")  # or "natural": sentences of build_corpus()
-MODELS = {  # name -> (pattern, window, extra config)
-    "full": ("SF", None, {"layer_pattern": "F"}),
-    "swa-w16": ("SF", 16, {}),  # ~ SWA-128 at 16K
-    "swa-w64": ("SF", 64, {}),  # ~ SWA-512
-    "swa-w256": ("SF", 256, {}),  # ~ SWA-2048
-    "swa-w16-nope": ("SF", 16, {"position_encodings": {"full_attention": "nope", "sliding_attention": "rope"}}),
-    "gdn": ("LF", None, {"linear_attention_type": "gated_deltanet"}),
-}
+PAPER_CONTEXT = 16384
+MODELS = ("full", "swa128", "swa512", "swa2048", "swa128-nope", "gdn")
 
 
 def settings(smoke: bool) -> dict:
     if smoke:
-        return dict(train_len=256, steps=6, batch=2, every=3, hidden=64, layers=4, heads=4, vocab=400,
-                    eval_lengths=[256, 512], eval_samples=2, windows_scale=1 / 8, lr=3e-3)
-    return dict(train_len=TRAIN_LEN, steps=1500, batch=16, every=150, hidden=256, layers=8, heads=4, vocab=4096,
-                eval_lengths=[1024, 2048, 4096], eval_samples=16, windows_scale=1.0, lr=2e-3)
+        return dict(train_len=256, steps=8, batch=2, every=4, hidden=64, layers=4, heads=4, vocab=1024, lr=3e-3,
+                    needles=2, eval_lengths=[256, 512], eval_samples=4, head_samples=2, suite_samples=1,
+                    suite_depths=[0.2, 0.8], short_len=64)
+    return dict(train_len=1024, steps=1500, batch=32, every=100, hidden=256, layers=8, heads=4, vocab=4096, lr=2e-3,
+                needles=6, eval_lengths=[512, 1024, 2048, 4096], eval_samples=64, head_samples=16, suite_samples=2,
+                suite_depths=[0.1, 0.3, 0.5, 0.7, 0.9], short_len=256)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -70,285 +89,413 @@ ENDINGS = ["before dawn", "after the rain", "without a word", "in the valley", "
            "for the first time", "at noon", "by the window", "with great care", "on the hill", "every Tuesday"]
 
 
-def synthetic_sentences(n: int, seed: int = 7) -> list[str]:
-    """Random, non-repeating filler sentences: a haystack that cannot be memorised, so the loss only falls by
-    reading the context (the needle) rather than by recalling the training text."""
+def filler_sentences(n: int, seed: int = 7) -> list[str]:
+    """Random filler sentences: a haystack that cannot be memorised (a first GPU run with a small natural-text
+    haystack learned the text by heart instead of reading the needle)."""
     rng = random.Random(seed)
-    return [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)}. "
+    return [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)}."
             for _ in range(n)]
 
 
+def natural_sentences(docs: list[str]) -> list[str]:
+    return [s.strip() + "." for d in docs for s in d.replace("\n", " ").split(". ") if len(s.split()) > 3]
+
+
 class NeedleData:
-    """Token-level generator of haystack + needle + query + answer sequences (deterministic per seed)."""
+    """Token-level generator of haystacks with needles and queries; exact lengths, deterministic per ``rng``."""
 
-    def __init__(self, tokenizer, docs: list[str], haystack: str = "synthetic") -> None:
+    def __init__(self, tokenizer, natural: list[str] | None = None) -> None:
         self.tok = tokenizer
-        if haystack == "synthetic":
-            sentences = synthetic_sentences(20_000)
-        else:
-            sentences = [s.strip() + ". " for d in docs for s in d.replace("\n", " ").split(". ")
-                         if len(s.split()) > 3]
-        self.sentences = [ids for ids in tokenizer(sentences, add_special_tokens=False)["input_ids"] if ids]
+        enc = tokenizer([" " + s for s in filler_sentences(20_000)], add_special_tokens=False)["input_ids"]
+        self.filler = [ids for ids in enc if ids]
+        self.natural = None
+        if natural:
+            enc = tokenizer([" " + s for s in natural], add_special_tokens=False)["input_ids"]
+            self.natural = [ids for ids in enc if ids]
 
-    def sample(self, length: int, rng: random.Random, depth: float | None = None, distractors: int = 0) -> dict:
-        key = f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+        self._cache: dict[str, list[int]] = {}
+
+    def enc(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self.tok(text, add_special_tokens=False)["input_ids"]
+        return self._cache[text]
+
+    def _hay(self, n: int, rng: random.Random, natural: bool) -> list[int]:
+        pool = self.natural if natural and self.natural else self.filler
+        ids: list[int] = []
+        while len(ids) < n:
+            ids += rng.choice(pool)
+        return ids[:n]
+
+    def _needle(self, rng: random.Random, key: str) -> tuple[list[int], list[int], list[int], list[int]]:
         value = str(rng.randrange(10**6, 10**7))
-        others = [(f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}", str(rng.randrange(10**6, 10**7)))
-                  for _ in range(distractors)]
-        enc = lambda s: self.tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-        needle = enc(NEEDLE.format(key=key, value=value))
-        extra = [enc(NEEDLE.format(key=k, value=v)) for k, v in others if k != key]
-        query = enc(" " + QUERY.format(key=key))
-        answer = enc(" " + value)
-        n_hay = length - len(needle) - sum(map(len, extra)) - len(query) - len(answer)
-        hay: list[int] = []
-        while len(hay) < n_hay:
-            hay += rng.choice(self.sentences)
-        hay = hay[:n_hay]
-        depth = rng.random() if depth is None else depth
+        prefix = self.enc(" " + NEEDLE.format(key=key, value="").split(" .")[0].rstrip())
+        value_ids = self.tok(" " + value, add_special_tokens=False)["input_ids"]
+        return prefix, value_ids, self.enc("."), self.enc(" " + QUERY.format(key=key))
+
+    def train_sequence(self, length: int, rng: random.Random, needles: int) -> list[int]:
+        """Haystack with ``needles`` needles; each is queried (query + answer) at a uniform later point."""
+        natural = self.natural is not None and rng.random() < 0.5
+        keys = rng.sample([f"{a}-{n}" for a in ADJECTIVES for n in NOUNS], needles)
+        events = []  # (haystack position, order, tokens)
+        parts = [self._needle(rng, k) for k in keys]
+        special = sum(len(p) + 2 * len(v) + len(d) + len(q) for p, v, d, q in parts)
+        n_hay = length - special
+        if n_hay < 1:
+            raise ValueError(f"train length {length} too short for {needles} needles")
+        for prefix, value, dot, query in parts:
+            a = rng.randrange(n_hay)
+            b = rng.randrange(a, n_hay + 1)
+            events.append((a, 0, prefix + value + dot))
+            events.append((b, 1, query + value))
+        events.sort(key=lambda e: (e[0], e[1]))
+        hay = self._hay(n_hay, rng, natural)
+        ids, last = [], 0
+        for pos, _, toks in events:
+            ids += hay[last:pos] + toks
+            last = pos
+        return ids + hay[last:]
+
+    def eval_sample(self, length: int, rng: random.Random, depth: float) -> dict:
+        """One RULER niah_single prompt of exactly ``length`` tokens (needle at ``depth``, query at the end) plus
+        the gold answer tokens."""
+        key = f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+        prefix, value, dot, query = self._needle(rng, key)
+        n_hay = length - len(prefix) - 2 * len(value) - len(dot) - len(query)
+        hay = self._hay(n_hay, rng, False)
         cut = int(depth * n_hay)
-        blocks = [needle] + extra
-        rng.shuffle(blocks)
-        pieces, pos = [], cut
-        ids = hay[:cut]
-        for b in blocks:
-            if b is needle:
-                pos = len(ids)
-            ids += b
-            pieces.append(b)
-        ids += hay[cut:] + query
-        prompt_len = len(ids)
-        ids += answer
-        value_start = pos + self._find(needle, enc(" " + value))
-        return {"ids": ids, "prompt_len": prompt_len, "answer_len": len(answer),
-                "needle_span": (value_start, value_start + len(enc(" " + value))), "depth": depth}
-
-    @staticmethod
-    def _find(hay: list[int], sub: list[int]) -> int:
-        for i in range(len(hay) - len(sub) + 1):
-            if hay[i : i + len(sub)] == sub:
-                return i
-        return max(0, len(hay) - len(sub) - 1)
+        ids = hay[:cut] + prefix
+        span = (len(ids), len(ids) + len(value))
+        ids += value + dot + hay[cut:] + query
+        return {"ids": ids + value, "prompt_len": len(ids), "needle_span": span, "depth": depth}
 
 
-def build_tokenizer(out: Path, vocab: int):
+def build_tokenizer(work: Path, vocab: int, corpus: str | None):
     from transformers import AutoTokenizer
 
-    path = out / "tokenizer"
+    path = work / "tokenizer"
     if (path / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(path), json.loads((out / "docs.json").read_text())
-    docs = build_corpus(max_chars=3_000_000)
-    tok = train_tokenizer(docs + synthetic_sentences(2000), path, vocab_size=vocab)
-    (out / "docs.json").write_text(json.dumps(docs))
-    return tok, docs
+        return AutoTokenizer.from_pretrained(path), json.loads((work / "natural.json").read_text())
+    docs = read_documents(corpus) if corpus else build_corpus(max_chars=1_000_000)
+    natural = natural_sentences(docs) if corpus else []
+    tok = train_tokenizer(docs + filler_sentences(3000) + [f"{i} " for i in range(10_000)], path, vocab_size=vocab)
+    (work / "natural.json").write_text(json.dumps(natural))
+    return tok, natural
 
 
 def make_config(name: str, s: dict, vocab: int) -> HybridConfig:
-    pattern, window, extra = MODELS[name]
-    if window is not None:
-        window = max(4, int(window * s["windows_scale"]))
-    kwargs = dict(vocab_size=vocab, hidden_size=s["hidden"], intermediate_size=3 * s["hidden"],
-                  num_hidden_layers=s["layers"], num_attention_heads=s["heads"], layer_pattern=pattern,
-                  sliding_window=window, max_position_embeddings=4 * s["train_len"], pad_token_id=0, eos_token_id=1,
-                  bos_token_id=2, rope_theta=10000.0)
-    kwargs.update(extra)
+    size = dict(hidden_size=s["hidden"], intermediate_size=3 * s["hidden"], num_hidden_layers=s["layers"],
+                num_attention_heads=s["heads"])
+    kwargs = {**size, **PRESETS[name]}
+    if "sliding_window" in kwargs:  # the paper's window as a share of its 16K training context
+        kwargs["sliding_window"] = max(4, kwargs["sliding_window"] * s["train_len"] // PAPER_CONTEXT)
     if "linear_attention_type" in kwargs:
-        kwargs.update(linear_num_heads=s["heads"] // 2, linear_head_dim=s["hidden"] // s["heads"], linear_expand_v=2.0)
-    return HybridConfig(**kwargs)
+        kwargs.update(_linear_mixer_sizes(kwargs["linear_attention_type"], size))
+    return HybridConfig(vocab_size=vocab, max_position_embeddings=8 * s["train_len"], pad_token_id=0,
+                        eos_token_id=1, bos_token_id=2, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_checkpoint(model, data: NeedleData, s: dict, seed: int = 99) -> dict:
+    dev = next(model.parameters()).device
+    cfg = model.config
+    window = cfg.sliding_window if "sliding_attention" in cfg.layer_types else None
+    out: dict = {"accuracy": {}, "accuracy_beyond_window": {}, "token_accuracy": {}}
+    for n in s["eval_lengths"]:
+        rng = random.Random(seed + n)
+        smp = [data.eval_sample(n, rng, rng.random()) for _ in range(s["eval_samples"])]
+        hits, tok_hits, beyond = [], [], []
+        for i in range(0, len(smp), 16):
+            chunk = smp[i : i + 16]
+            ids = torch.tensor([c["ids"] for c in chunk], device=dev)
+            logits = model(ids, use_cache=False).logits
+            for j, c in enumerate(chunk):
+                p = c["prompt_len"]
+                pred = logits[j, p - 1 : -1].argmax(-1)
+                ok = pred == ids[j, p:]
+                hits.append(bool(ok.all()))
+                tok_hits.append(float(ok.float().mean()))
+                beyond.append(window is not None and p - 1 - c["needle_span"][0] >= window)
+        out["accuracy"][str(n)] = sum(hits) / len(hits)
+        out["token_accuracy"][str(n)] = sum(tok_hits) / len(tok_hits)
+        far = [h for h, b in zip(hits, beyond) if b]
+        out["accuracy_beyond_window"][str(n)] = sum(far) / len(far) if far else None
+    rng = random.Random(seed)
+    mass = copy = ent = None
+    for _ in range(s["head_samples"]):
+        c = data.eval_sample(s["train_len"], rng, rng.uniform(0.05, 0.6))
+        ids = torch.tensor([c["ids"]], device=dev)
+        att = model(ids, output_attentions=True, use_cache=False).attentions
+        needle = list(range(*c["needle_span"]))
+        prompt_att = [a[:, :, : c["prompt_len"], : c["prompt_len"]] if a is not None else None for a in att]
+        m = needle_mass(att, needle, c["prompt_len"] - 1)
+        cp = teacher_forced_copy_scores(att, c["ids"], c["prompt_len"], needle)
+        e = attention_entropy(prompt_att)
+        mass, copy, ent = (m, cp, e) if mass is None else (mass + m, copy + cp, ent + e)
+        del att, prompt_att
+    k = s["head_samples"]
+    mass, copy, ent = mass / k, copy / k, ent / k
+    full = [i for i, t in enumerate(cfg.layer_types) if t == "full_attention"]
+    out.update(head_scores=_table(mass), copy_scores=_table(copy), entropy=_table(ent),
+               max_head_score_full=float(torch.nan_to_num(mass[full], nan=0).max()),
+               max_copy_score_full=float(torch.nan_to_num(copy[full], nan=0).max()))
+    rng = random.Random(seed + 1)
+    ids = torch.tensor([data._hay(s["short_len"], rng, False) for _ in range(8)], device=dev)
+    out["short_loss"] = float(model(ids, labels=ids, use_cache=False).loss)
+    return out
+
+
+def _table(t: torch.Tensor) -> list[list[float | None]]:
+    return [[None if v != v else round(float(v), 4) for v in row] for row in t.tolist()]
+
+
+def _tensor(table: list[list[float | None]]) -> torch.Tensor:
+    return torch.tensor([[float("nan") if v is None else v for v in row] for row in table])
 
 
 # ---------------------------------------------------------------------------------------------- training
-def train(name: str, out: Path, smoke: bool, time_budget: float = float("inf")) -> None:
+def train(name: str, work: Path, smoke: bool, time_budget: float, corpus: str | None) -> None:
     s = settings(smoke)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    tok, docs = build_tokenizer(out, s["vocab"])
-    data = NeedleData(tok, docs, HAYSTACK)
+    tok, natural = build_tokenizer(work, s["vocab"], corpus)
+    data = NeedleData(tok, natural)
     torch.manual_seed(0)
     model = HybridForCausalLM(make_config(name, s, len(tok))).to(dev)
     n_params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
     opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=0.1, betas=(0.9, 0.95))
-    rng = random.Random(1234)  # identical data for every model
-    ckpt_dir = out / name
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    log = []
-    t0 = time.time()
+    rng = random.Random(1234)  # identical data, in identical order, for every model
+    curve, qk = [], []
+    train_s = 0.0
     for step in range(1, s["steps"] + 1):
-        lr = s["lr"] * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / s["steps"]))
+        t0 = time.time()
+        lr = s["lr"] * min(1.0, step / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / s["steps"])))
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = torch.tensor([data.sample(s["train_len"], rng)["ids"] for _ in range(s["batch"])], device=dev)
+        batch = torch.tensor([data.train_sequence(s["train_len"], rng, s["needles"]) for _ in range(s["batch"])],
+                             device=dev)
+        model.train()
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
             loss = model(batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        out_of_time = time.time() - t0 > time_budget
+        train_s += time.time() - t0
+        out_of_time = train_s > time_budget
         if step % s["every"] == 0 or step == s["steps"] or out_of_time:
-            torch.save(model.state_dict(), ckpt_dir / f"step{step}.pt")
-            log.append({"step": step, "loss": float(loss), "elapsed_s": round(time.time() - t0, 1)})
-            print(json.dumps({"model": name, **log[-1]}), flush=True)
+            model.eval()
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
+                ev = evaluate_checkpoint(model, data, s)
+            curve.append({"step": step, "tokens": step * s["batch"] * s["train_len"], "train_loss": float(loss),
+                          "train_s": round(train_s, 1), **ev})
+            qk.append({k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()
+                       if "q_proj" in k or "k_proj" in k})
+            print(json.dumps({"model": name, "step": step, "loss": round(float(loss), 3), "acc": ev["accuracy"],
+                              "mass": round(ev["max_head_score_full"], 3), "copy": round(ev["max_copy_score_full"], 3),
+                              "train_s": round(train_s, 1)}), flush=True)
         if out_of_time:
             print(json.dumps({"model": name, "stopped_by_time_budget_at_step": step}), flush=True)
             break
-    (ckpt_dir / "train.json").write_text(json.dumps({"model": name, "non_embedding_params": n_params,
-                                                       "settings": s, "log": log}))
-
-
-# ---------------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate_checkpoint(model, data: NeedleData, s: dict, lengths: list[int], seed: int = 99) -> dict:
-    """Teacher-forced needle retrieval accuracy per length, retrieval-head scores, short-context loss."""
-    dev = next(model.parameters()).device
-    out = {"accuracy": {}, "token_accuracy": {}}
+    # Q/K distance of every checkpoint to the final one (the paper's reference)
+    ref = HybridForCausalLM(model.config).eval()
+    ref.load_state_dict({k: v.float().cpu() for k, v in model.state_dict().items()})
+    other = HybridForCausalLM(model.config).eval()
+    other.load_state_dict(ref.state_dict())
+    for entry, weights in zip(curve, qk):
+        other.load_state_dict(weights, strict=False)
+        entry["qk_distance"] = qk_weight_distance(other, ref)
+    suite = final_suite(model, tok, data, s)
     window = model.config.sliding_window if "sliding_attention" in model.config.layer_types else None
-    for n in lengths:
-        rng = random.Random(seed + n)
-        hits, token_hits = [], []
-        for _ in range(s["eval_samples"]):
-            smp = data.sample(n, rng)
-            ids = torch.tensor([smp["ids"]], device=dev)
-            logits = model(ids, use_cache=False).logits[0]
-            p, a = smp["prompt_len"], smp["answer_len"]
-            pred = logits[p - 1 : p - 1 + a].argmax(-1)
-            hits.append(bool(torch.equal(pred, ids[0, p : p + a])))
-            token_hits.append(float((pred == ids[0, p : p + a]).float().mean()))
-        out["accuracy"][str(n)] = sum(hits) / len(hits)
-        out["token_accuracy"][str(n)] = sum(token_hits) / len(token_hits)
-    # retrieval heads at the training length
-    rng = random.Random(seed)
-    mass = None
-    model.config._attn_implementation = "eager"
-    for _ in range(max(2, s["eval_samples"] // 4)):
-        smp = data.sample(s["train_len"], rng)
-        ids = torch.tensor([smp["ids"][: smp["prompt_len"]]], device=dev)
-        att = model(ids, output_attentions=True, use_cache=False).attentions
-        m = needle_mass(att, list(range(*smp["needle_span"])), ids.shape[1] - 1)
-        mass = m if mass is None else mass + m
-        del att
-    model.config._attn_implementation = "sdpa"
-    mass = mass / max(2, s["eval_samples"] // 4)
-    out["head_scores"] = torch.nan_to_num(mass, nan=-1.0).tolist()
-    out["max_head_score"] = float(torch.nan_to_num(mass, nan=0.0).max())
-    full_layers = [i for i, t in enumerate(model.config.layer_types) if t == "full_attention"]
-    out["max_head_score_full_layers"] = float(torch.nan_to_num(mass[full_layers], nan=0.0).max())
-    # short-context loss on plain text (no needles)
-    rng = random.Random(seed + 1)
-    losses = []
-    for _ in range(8):
-        ids = []
-        while len(ids) < 512:
-            ids += rng.choice(data.sentences)
-        ids = torch.tensor([ids[:512]], device=dev)
-        losses.append(float(model(ids, labels=ids, use_cache=False).loss))
-    out["short_loss"] = sum(losses) / len(losses)
-    out["window"] = window
-    return out
+    (work / f"{name}.json").write_text(json.dumps({
+        "model": name, "non_embedding_params": n_params, "window": window, "settings": s,
+        "steps_done": curve[-1]["step"], "curve": curve, "suite": suite}))
 
 
-def report(out: Path, smoke: bool) -> None:
-    s = settings(smoke)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    tok, docs = build_tokenizer(out, s["vocab"])
-    data = NeedleData(tok, docs, HAYSTACK)
-    results = {}
-    for name in MODELS:
-        ckpt_dir = out / name
-        if not (ckpt_dir / "train.json").exists():
-            continue
-        meta = json.loads((ckpt_dir / "train.json").read_text())
-        model = HybridForCausalLM(make_config(name, s, len(tok))).to(dev).eval()
-        curve = []
-        for entry in meta["log"]:
-            model.load_state_dict(torch.load(ckpt_dir / f"step{entry['step']}.pt", map_location=dev))
-            with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
-                ev = evaluate_checkpoint(model, data, s, s["eval_lengths"])
-            curve.append({"step": entry["step"], "train_loss": entry["loss"], **ev})
-            print(json.dumps({"model": name, "step": entry["step"], "acc": ev["accuracy"], "tok_acc": ev["token_accuracy"],
-                              "max_head": round(ev["max_head_score_full_layers"], 3)}), flush=True)
-        results[name] = {"non_embedding_params": meta["non_embedding_params"], "curve": curve,
-                         "window": model.config.sliding_window if "sliding_attention" in model.config.layer_types else None}
-    (out / "reproduction.json").write_text(json.dumps({"settings": s, "results": results}, indent=1))
+def final_suite(model, tok, data: NeedleData, s: dict) -> dict:
+    """The library's long-context suite (greedy generation) on the final checkpoint."""
+    hay = filler_sentences(4000)
+    samples = make_suite(tok, ["niah_single", "niah_multikey"], s["eval_lengths"], s["suite_depths"],
+                         s["suite_samples"], seed=5, haystack=hay)
+    dev = next(model.parameters()).device
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        records = evaluate_samples(model, tok, samples, max_new_tokens=6)
+    for r in records:
+        r.pop("output", None)
+    return {"summary": summarize(records), "records": records}
+
+
+# ---------------------------------------------------------------------------------------------- report
+def first_step(curve: list[dict], key: str, threshold: float) -> int | None:
+    return next((c["step"] for c in curve if c[key] >= threshold), None)
+
+
+def report(out: Path, work: Path, models: list[str]) -> None:
+    results = {m: json.loads((work / f"{m}.json").read_text()) for m in models if (work / f"{m}.json").exists()}
+    if not results:
+        raise SystemExit(f"no model results under {work}")
+    s = next(iter(results.values()))["settings"]
+    for r in results.values():
+        steps = [c["step"] for c in r["curve"]]
+        r["trace_mass"] = trace_from_tables(steps, [_tensor(c["head_scores"]) for c in r["curve"]], k=4, threshold=0.3)
+        r["trace_copy"] = trace_from_tables(steps, [_tensor(c["copy_scores"]) for c in r["curve"]], k=4, threshold=0.1)
+        heads = r["trace_mass"]["heads"]
+        r["traced_head_entropy"] = [sum(c["entropy"][lay][h] for lay, h in heads) / len(heads) for c in r["curve"]]
+    (out / "reproduction.json").write_text(json.dumps({"settings": s, "results": results}, indent=0))
+    plots(out, s, results)
     write_report(out, s, results)
 
 
-def first_step(curve: list[dict], key, threshold: float) -> int | None:
-    return next((c["step"] for c in curve if key(c) >= threshold), None)
-
-
-def write_report(out: Path, s: dict, results: dict) -> None:
+def plots(out: Path, s: dict, results: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, r in results.items():
-        steps = [c["step"] for c in r["curve"]]
-        axes[0].plot(steps, [c["max_head_score_full_layers"] for c in r["curve"]], marker="o", label=name)
-        axes[1].plot(steps, [c["accuracy"][str(s["train_len"])] for c in r["curve"]], marker="o", label=name)
-    axes[0].set_title("strongest retrieval head (full-attention layers)")
-    axes[0].set_xlabel("training step")
-    axes[0].set_ylabel("attention mass on the needle value")
-    axes[1].set_title(f"needle retrieval accuracy at {s['train_len']} tokens")
-    axes[1].set_xlabel("training step")
-    for ax in axes:
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "retrieval_emergence.png", dpi=110)
-    plt.close(fig)
-
-    lengths = [str(n) for n in s["eval_lengths"]]
-    lines = ["# Small-scale reproduction: retrieval-head emergence and NoPE", "",
-             f"Settings: {json.dumps(s)}", "",
-             "## Emergence (first checkpoint step at which the criterion holds)", "",
-             "| model | window | non-emb params | head score >= 0.3 | head score >= 0.5 | accuracy >= 0.5 @train len |"
-             " final head score |", "|---|---|---|---|---|---|---|"]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    train_len = str(s["train_len"])
     for name, r in results.items():
         c = r["curve"]
-        lines.append(
-            f"| {name} | {r['window']} | {r['non_embedding_params']} |"
-            f" {first_step(c, lambda x: x['max_head_score_full_layers'], 0.3)} |"
-            f" {first_step(c, lambda x: x['max_head_score_full_layers'], 0.5)} |"
-            f" {first_step(c, lambda x: x['accuracy'][str(s['train_len'])], 0.5)} |"
-            f" {c[-1]['max_head_score_full_layers']:.3f} |")
-    lines += ["", "## Final checkpoint: retrieval accuracy by length (teacher-forced answer exact match, in brackets"
-              " the share of answer tokens right) and short-context loss", "", "| model | " + " | ".join(lengths) + " | short loss (512 tok) |",
-              "|---" * (len(lengths) + 2) + "|"]
+        steps = [x["step"] for x in c]
+        label = f"{name} (W={r['window']})" if r["window"] else name
+        axes[0, 0].plot(steps, [x["max_head_score_full"] for x in c], marker=".", label=label)
+        axes[0, 1].plot(steps, [x["max_copy_score_full"] for x in c], marker=".", label=label)
+        axes[1, 0].plot(steps, [x["accuracy"][train_len] for x in c], marker=".", label=label)
+        dist = [np.mean([row["qk_rel_l2"] for row in x["qk_distance"] if row["layer_type"] == "full_attention"])
+                for x in c]
+        axes[1, 1].plot(steps, dist, marker=".", label=label)
+    titles = ["paper score: max attention mass on the answer (full layers)",
+              "Wu et al. copy-paste score, teacher-forced (full layers)",
+              f"single-needle NIAH exact match at {train_len} tokens",
+              "Q/K relative distance to the final checkpoint (full layers)"]
+    for ax, title in zip(axes.flat, titles):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 1].axhline(0.1, color="grey", ls="--", lw=0.8)
+    fig.tight_layout()
+    fig.savefig(out / "retrieval_emergence.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in results.items():
         last = r["curve"][-1]
-        lines.append(f"| {name} | " + " | ".join(f"{100 * last['accuracy'][n]:.1f} ({100 * last['token_accuracy'][n]:.0f})"
-                                                 for n in lengths) + f" | {last['short_loss']:.3f} |")
-    lines += ["", "![emergence](retrieval_emergence.png)", ""]
+        ax.plot(s["eval_lengths"], [last["accuracy"][str(n)] for n in s["eval_lengths"]], marker="o", label=name)
+    ax.axvline(s["train_len"], color="grey", ls="--", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens); dashed: training length")
+    ax.set_ylabel("NIAH exact match (final checkpoint)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "length_generalization.png", dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(results), figsize=(2.6 * len(results), 3.2), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        recs = [x for x in r["suite"]["records"] if x["task"] == "niah_single"]
+        lengths, depths = sorted({x["length"] for x in recs}), sorted({x["depth"] for x in recs})
+        grid = np.array([[np.mean([x["score"] for x in recs if x["length"] == n and x["depth"] == d] or [np.nan])
+                          for n in lengths] for d in depths])
+        ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
+        ax.set_yticks(range(len(depths)), [f"{d:.1f}" for d in depths], fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("length")
+    axes[0, 0].set_ylabel("needle depth")
+    fig.suptitle("niah_single, greedy generation, final checkpoint (green = retrieved)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "niah_heatmaps.png", dpi=100)
+    plt.close(fig)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}"
+
+
+def write_report(out: Path, s: dict, results: dict) -> None:
+    lengths = [str(n) for n in s["eval_lengths"]]
+    tl = str(s["train_len"])
+    lines = ["# Small-scale reproduction: retrieval-head emergence (Large-Window Laziness) and NoPE", "",
+             f"Settings: `{json.dumps(s)}`", "",
+             "## (a) Emergence: first checkpoint step at which the criterion holds (`-`: never)", "",
+             "| model | window | non-emb params | steps | copy score >= 0.1 | mass >= 0.3 | mass >= 0.5 |"
+             f" NIAH@{tl} >= 50% | final mass | final copy |", "|---" * 10 + "|"]
+    for name, r in results.items():
+        c = r["curve"]
+        acc = [{"step": x["step"], "a": x["accuracy"][tl]} for x in c]
+        cells = [first_step(c, "max_copy_score_full", 0.1), first_step(c, "max_head_score_full", 0.3),
+                 first_step(c, "max_head_score_full", 0.5), first_step(acc, "a", 0.5)]
+        lines.append(f"| {name} | {r['window'] or '-'} | {r['non_embedding_params']:,} | {r['steps_done']} | "
+                     + " | ".join("-" if v is None else str(v) for v in cells)
+                     + f" | {c[-1]['max_head_score_full']:.3f} | {c[-1]['max_copy_score_full']:.3f} |")
+    lines += ["", "Traced heads (top-4 by the paper's score on the final checkpoint; first step >= 0.3):", ""]
+    for name, r in results.items():
+        t = r["trace_mass"]
+        lines.append(f"- {name}: " + ", ".join(f"{h} first {t['first_step_above'][h]} final {v[-1]:.2f}"
+                                                for h, v in t["curves"].items())
+                     + f"; mean normalised entropy of these heads {r['traced_head_entropy'][0]:.2f} (first ckpt)"
+                     f" -> {r['traced_head_entropy'][-1]:.2f} (final)")
+    lines += ["", "## (b) Final checkpoint: NIAH by length (teacher-forced exact match %; in brackets: needles beyond"
+              " the SWA window only) and short-context loss", "",
+              "| model | " + " | ".join(lengths) + " | short loss |", "|---" * (len(lengths) + 2) + "|"]
+    for name, r in results.items():
+        last = r["curve"][-1]
+        cells = [f"{_pct(last['accuracy'][n])} ({_pct(last['accuracy_beyond_window'][n])})" for n in lengths]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {last['short_loss']:.3f} |")
+    lines += ["", "## Library suite on the final checkpoint (greedy generation, string match %)", "",
+              "| model | task | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 2) + "|"]
+    for name, r in results.items():
+        for task, by_len in r["suite"]["summary"].items():
+            lines.append(f"| {name} | {task} | " + " | ".join(_pct(by_len.get(n)) for n in lengths) + " |")
+    lines += ["", "![emergence](retrieval_emergence.png)", "", "![length](length_generalization.png)", "",
+              "![heatmaps](niah_heatmaps.png)", ""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
+
+
+def environment() -> dict:
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "cuda": torch.version.cuda, "argv": sys.argv}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["train", "report", "all"])
-    parser.add_argument("--model", choices=list(MODELS))
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", choices=MODELS, help="model to train (command train)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the report, JSON and plots")
+    parser.add_argument("--work", type=Path, help="folder for the tokenizer and per-model results")
+    parser.add_argument("--corpus", help="text/.jsonl file of natural text: half the training haystacks use it")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run of the whole pipeline")
     parser.add_argument("--time-budget", type=float, default=float("inf"),
-                        help="seconds of training per model before it stops early (with a final checkpoint)")
+                        help="seconds of training per model (evaluation excluded) before it stops early")
     args = parser.parse_args()
+    work = args.work or args.out.resolve().parent / "repro-work"
     args.out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     if args.command == "train":
-        train(args.model, args.out, args.smoke, args.time_budget)
+        train(args.model, work, args.smoke, args.time_budget, args.corpus)
         return
     if args.command == "all":
-        build_tokenizer(args.out, settings(args.smoke)["vocab"])
+        t0 = time.time()
+        build_tokenizer(work, settings(args.smoke)["vocab"], args.corpus)
+        extra = ["--smoke"] if args.smoke else []
+        extra += ["--corpus", args.corpus] if args.corpus else []
         procs = [subprocess.Popen([sys.executable, __file__, "train", "--model", m, "--out", str(args.out),
-                                   "--time-budget", str(args.time_budget)]
-                                  + (["--smoke"] if args.smoke else []), env=os.environ.copy())
+                                   "--work", str(work), "--time-budget", str(args.time_budget)] + extra)
                  for m in args.models]
-        codes = [p.wait() for p in procs]
-        if any(codes):
-            print(f"training exit codes: {dict(zip(args.models, codes))}", flush=True)
-    report(args.out, args.smoke)
+        codes = dict(zip(args.models, (p.wait() for p in procs)))
+        env = {**environment(), "exit_codes": codes, "wall_s": round(time.time() - t0, 1)}
+        (args.out / "environment.json").write_text(json.dumps(env, indent=1))
+    report(args.out, work, args.models)
 
 
 if __name__ == "__main__":
