@@ -36,6 +36,9 @@ def test_analyze_niah_and_cap(folders, tmp_path, capsys):
     res = _run(["analyze", "niah", a, "--lengths", "160", "--depths", "0", "1", "--samples", "1",
                 "--out", str(tmp_path / "niah")], tmp_path, capsys)
     assert "niah_single" in res["summary"] and (tmp_path / "niah" / "longctx.png").exists()
+    res = _run(["analyze", "longctx", a, "--tasks", "passkey", "variable_tracking", "--lengths", "160", "--depths",
+                "0.5", "--samples", "1", "--out", str(tmp_path / "suite")], tmp_path, capsys)
+    assert set(res["summary"]) == {"passkey", "variable_tracking"}
     res = _run(["analyze", "cap", a, "--full-window", "8", "--sinks", "1", "--lengths", "160", "--samples", "1"],
                tmp_path, capsys)
     assert set(res) >= {"uncapped", "capped"}

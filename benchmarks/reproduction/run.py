@@ -72,8 +72,8 @@ def settings(smoke: bool) -> dict:
         return dict(train_len=256, steps=8, batch=2, every=4, hidden=64, layers=4, heads=4, vocab=1024, lr=3e-3,
                     needles=2, eval_lengths=[256, 512], eval_samples=4, head_samples=2, suite_samples=1,
                     suite_depths=[0.2, 0.8], short_len=64)
-    return dict(train_len=1024, steps=1500, batch=32, every=100, hidden=256, layers=8, heads=4, vocab=4096, lr=2e-3,
-                needles=6, eval_lengths=[512, 1024, 2048, 4096], eval_samples=64, head_samples=16, suite_samples=2,
+    return dict(train_len=1024, steps=3000, batch=16, every=200, hidden=256, layers=8, heads=4, vocab=4096, lr=2e-3,
+                needles=8, eval_lengths=[512, 1024, 2048, 4096], eval_samples=64, head_samples=16, suite_samples=2,
                 suite_depths=[0.1, 0.3, 0.5, 0.7, 0.9], short_len=256)
 
 
@@ -176,9 +176,12 @@ def build_tokenizer(work: Path, vocab: int, corpus: str | None):
     path = work / "tokenizer"
     if (path / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(path), json.loads((work / "natural.json").read_text())
-    docs = read_documents(corpus) if corpus else build_corpus(max_chars=1_000_000)
+    docs = read_documents(corpus) if corpus else build_corpus(sources=["sample"])  # the same on every machine
     natural = natural_sentences(docs) if corpus else []
-    tok = train_tokenizer(docs + filler_sentences(3000) + [f"{i} " for i in range(10_000)], path, vocab_size=vocab)
+    prompts = [NEEDLE.format(key=f"{a}-{n}", value=i) + QUERY.format(key=f"{a}-{n}")
+               for i, (a, n) in enumerate((a, n) for a in ADJECTIVES for n in NOUNS)]
+    tok = train_tokenizer(docs + filler_sentences(3000) + prompts + [f"{i} " for i in range(10_000)], path,
+                          vocab_size=vocab)
     (work / "natural.json").write_text(json.dumps(natural))
     return tok, natural
 

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
 
-    p = sub.add_parser("niah", help="long-context suite: accuracy table and length x depth heatmap")
+    p = sub.add_parser("niah", aliases=["longctx"], help="long-context suite: accuracy table and length x depth heatmap")
     _common(p)
     p.add_argument("--tasks", nargs="+", default=["niah_single"], help="tasks (passkey, niah_single, niah_multikey, "
                    "niah_multivalue, niah_multiquery, variable_tracking)")
