@@ -166,3 +166,20 @@ def test_receptive_field_cap_limits_visible_keys(kind):
     assert torch.equal(att[capped_layer][0] > 0, allowed.expand(4, -1, -1))
     reach = 16 if kind == "full" else 24  # the other layer keeps its own receptive field
     assert torch.all(att[free_layer][0][:, -1, -reach:] > 0)
+
+
+def test_tools_run_on_a_plain_transformers_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
+    model, other = LlamaForCausalLM(cfg), LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        other.load_state_dict(model.state_dict())
+        other.model.layers[0].self_attn.q_proj.weight[:16] += 1.0  # query head 0 only
+    rows = qk_weight_distance(other, model)
+    assert math.isclose(rows[0]["qk_l2"], math.sqrt(16 * 64) / 4, rel_tol=1e-5) and rows[1]["qk_l2"] == 0.0
+    sample = SimpleNamespace(input_ids=list(range(3, 23)), needle_spans=[(5, 7)])
+    scores = retrieval_head_scores(model, [sample])
+    assert scores.shape == (2, 4) and torch.all((scores > 0) & (scores < 1))

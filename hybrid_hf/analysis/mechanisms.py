@@ -22,18 +22,20 @@ def qk_weight_distance(model, reference) -> list[dict[str, float]]:
         if attn is None:
             continue
         ref = ref_layers[i].self_attn
-        d, groups = attn.head_dim, attn.num_key_value_groups
         wq, wk = attn.q_proj.weight.float(), attn.k_proj.weight.float()
         rq, rk = ref.q_proj.weight.float(), ref.k_proj.weight.float()
+        d = attn.head_dim
+        heads, groups = wq.shape[0] // d, wq.shape[0] // wk.shape[0]  # read from the weights: any Llama-like layer
         l2, rel = [], []
-        for h in range(attn.num_heads):
+        for h in range(heads):
             kv = h // groups
             q_sl, k_sl = slice(h * d, (h + 1) * d), slice(kv * d, (kv + 1) * d)
             diff = torch.cat([(wq[q_sl] - rq[q_sl]).flatten(), (wk[k_sl] - rk[k_sl]).flatten()]).norm()
             norm = torch.cat([rq[q_sl].flatten(), rk[k_sl].flatten()]).norm()
             l2.append(float(diff))
             rel.append(float(diff / norm.clamp_min(1e-12)))
-        rows.append({"layer": i, "layer_type": layer.layer_type, "qk_l2": float(np.mean(l2)),
+        layer_type = getattr(layer, "layer_type", None) or getattr(attn, "layer_type", None) or "full_attention"
+        rows.append({"layer": i, "layer_type": layer_type, "qk_l2": float(np.mean(l2)),
                      "qk_rel_l2": float(np.mean(rel))})
     return rows
 
