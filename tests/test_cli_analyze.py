@@ -50,8 +50,10 @@ def test_analyze_heads_entropy_trace_distance(folders, tmp_path, capsys):
     assert len(res["scores"]) == 4 and len(res["top_heads"]) == 4 and "copy_paste" in res
     res = _run(["analyze", "entropy", a, "--length", "160", "--samples", "2"], tmp_path, capsys)
     assert all(0 <= v <= 1.0001 for row in res["entropy"] for v in row)
-    res = _run(["analyze", "trace", b, a, "--length", "160", "--samples", "2", "--threshold", "0"], tmp_path, capsys)
-    assert res["steps"] == [0, 1] and len(res["curves"]) == 4
+    res = _run(["analyze", "trace", b, a, "--length", "160", "--samples", "2", "--threshold", "0", "--steps", "100",
+                "200", "--plot", str(tmp_path / "trace.png")], tmp_path, capsys)
+    assert res["steps"] == [100, 200] and len(res["curves"]) == 4
+    assert set(res["first_step_above"].values()) == {100} and (tmp_path / "trace.png").stat().st_size > 1000
     res = _run(["analyze", "weight-distance", b, "--reference", a], tmp_path, capsys)
     assert len(res["layers"]) == 4 and all(r["qk_l2"] > 0 for r in res["layers"])
 

@@ -10,7 +10,7 @@ from typing import Any
 EXAMPLES = """examples:
   hybrid-hf analyze niah runs/s1 --lengths 1024 2048 4096 --depths 0 0.25 0.5 0.75 1 --out runs/s1/niah
   hybrid-hf analyze retrieval-heads runs/s1 --length 2048 --top-k 4
-  hybrid-hf analyze trace runs/s1/checkpoint-100 runs/s1/checkpoint-200 runs/s1/final --length 2048
+  hybrid-hf analyze trace runs/s1/checkpoint-100 runs/s1/checkpoint-200 --steps 100 200 --plot trace.png
   hybrid-hf analyze entropy runs/s1 --length 2048
   hybrid-hf analyze weight-distance runs/s1/checkpoint-200 --reference runs/s1/final
   hybrid-hf analyze probe runs/s1 --samples 200 --classes 8 --length 1024
@@ -71,6 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--threshold", type=float, default=0.1, help="score a head must reach (default: 0.1)")
+    p.add_argument("--steps", nargs="+", type=int, help="training step of each checkpoint (default: 0, 1, ...)")
+    p.add_argument("--plot", metavar="PNG", help="also draw the emergence curves to this PNG")
     _common(p, model=False)
     p.set_defaults(func=_trace)
 
@@ -196,11 +198,34 @@ def _trace(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tok = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoints[-1])
     samples = _samples(tok, args.length, args.samples, args.seed)
-    ckpts = list(enumerate(args.checkpoints))
+    steps = args.steps or list(range(len(args.checkpoints)))
+    if len(steps) != len(args.checkpoints):
+        raise SystemExit(f"--steps: {len(steps)} values for {len(args.checkpoints)} checkpoints")
+    ckpts = list(zip(steps, args.checkpoints))
     trace = trace_heads(lambda p: AutoModelForCausalLM.from_pretrained(p).to(device).eval(), ckpts, samples,
                         k=args.top_k, threshold=args.threshold)
     trace["checkpoints"] = args.checkpoints
+    if args.plot:
+        _plot_trace(trace, args.plot)
     return _emit(args, trace)
+
+
+def _plot_trace(trace: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in trace["curves"].items():
+        ax.plot(trace["steps"], values, marker="o", label=name)
+    ax.axhline(trace["threshold"], color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("retrieval score (attention mass on the needle)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _distance(args: argparse.Namespace) -> int:
