@@ -453,10 +453,46 @@ def write_report(out: Path, s: dict, results: dict) -> None:
     for name, r in results.items():
         for task, by_len in r["suite"]["summary"].items():
             lines.append(f"| {name} | {task} | " + " | ".join(_pct(by_len.get(n)) for n in lengths) + " |")
+    lines += ["", "## Automatic reading (one seed per model: a first indication, not a significance test)", ""]
+    lines += reading(s, results)
     lines += ["", "![emergence](retrieval_emergence.png)", "", "![length](length_generalization.png)", "",
               "![heatmaps](niah_heatmaps.png)", ""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
+
+
+def reading(s: dict, results: dict) -> list[str]:
+    """Plain statements of what the tables say about (a) and (b)."""
+    out = []
+    swa = sorted((r["window"], name) for name, r in results.items()
+                 if r["window"] and name.startswith("swa") and not name.endswith("nope"))
+    onsets = [(w, name, first_step(results[name]["curve"], "max_copy_score_full", 0.1)) for w, name in swa]
+    if len(onsets) >= 2:
+        shown = ", ".join(f"W={w}: {'never' if st is None else st}" for w, _, st in onsets)
+        steps = [st if st is not None else math.inf for _, _, st in onsets]
+        if all(math.isinf(x) for x in steps):
+            verdict = "no SWA model formed a retrieval head (copy score >= 0.1) within the budget: (a) cannot be judged"
+        elif all(a <= b for a, b in zip(steps, steps[1:])) and steps[0] < steps[-1]:
+            verdict = "onset grows with the window, as Large-Window Laziness predicts"
+        elif all(a == steps[0] for a in steps):
+            verdict = "onset is the same for every window (checkpoint spacing may hide a difference)"
+        else:
+            verdict = "onset does not grow monotonically with the window"
+        out.append(f"- (a) first checkpoint with a full-layer copy-paste score >= 0.1: {shown} -> {verdict}.")
+    if "swa128" in results and "swa128-nope" in results:
+        rope, nope = results["swa128"]["curve"][-1], results["swa128-nope"]["curve"][-1]
+        beyond = [str(n) for n in s["eval_lengths"] if n > s["train_len"]]
+        acc = ", ".join(f"{n}: RoPE {_pct(rope['accuracy'][n])}% vs NoPE {_pct(nope['accuracy'][n])}%" for n in beyond)
+        at_train = (f"{_pct(rope['accuracy'][str(s['train_len'])])}% vs "
+                    f"{_pct(nope['accuracy'][str(s['train_len'])])}%")
+        gain = sum(nope["accuracy"][n] - rope["accuracy"][n] for n in beyond) / max(len(beyond), 1)
+        dloss = nope["short_loss"] - rope["short_loss"]
+        out.append(f"- (b) NIAH beyond the training length ({acc}; at the training length {at_train}); "
+                   f"short-context loss RoPE {rope['short_loss']:.3f} vs NoPE {nope['short_loss']:.3f} "
+                   f"({dloss:+.3f}). NoPE {'raises' if gain > 0.05 else 'does not raise'} NIAH beyond the training "
+                   f"length (mean {100 * gain:+.0f} points) and {'hurts' if dloss > 0.02 else 'does not hurt'} "
+                   "short-context loss (threshold 0.02 nats).")
+    return out or ["- not enough models for (a) or (b)."]
 
 
 def environment() -> dict:
