@@ -377,6 +377,7 @@ def plots(out: Path, s: dict, results: dict) -> None:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+        ax.set_ylim(bottom=0)
     axes[0, 1].axhline(0.1, color="grey", ls="--", lw=0.8)
     fig.tight_layout()
     fig.savefig(out / "retrieval_emergence.png", dpi=100)
