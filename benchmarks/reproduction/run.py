@@ -69,11 +69,11 @@ MODELS = ("full", "swa128", "swa512", "swa2048", "swa128-nope", "gdn")
 
 def settings(smoke: bool) -> dict:
     if smoke:
-        return dict(train_len=256, steps=8, batch=2, every=4, hidden=64, layers=4, heads=4, vocab=1024, lr=3e-3,
+        return dict(train_len=256, steps=8, batch=2, every=2, hidden=64, layers=4, heads=4, vocab=1024, lr=3e-3,
                     needles=2, eval_lengths=[256, 512], eval_samples=4, head_samples=2, suite_samples=1,
                     suite_depths=[0.2, 0.8], short_len=64)
-    return dict(train_len=1024, steps=3000, batch=16, every=200, hidden=256, layers=8, heads=4, vocab=4096, lr=2e-3,
-                needles=8, eval_lengths=[512, 1024, 2048, 4096], eval_samples=64, head_samples=16, suite_samples=2,
+    return dict(train_len=1024, steps=3000, batch=16, every=50, hidden=256, layers=8, heads=4, vocab=4096, lr=2e-3,
+                needles=8, eval_lengths=[512, 1024, 2048, 4096], eval_samples=48, head_samples=16, suite_samples=2,
                 suite_depths=[0.1, 0.3, 0.5, 0.7, 0.9], short_len=256)
 
 
@@ -269,6 +269,9 @@ def train(name: str, work: Path, smoke: bool, time_budget: float, corpus: str | 
     opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=0.1, betas=(0.9, 0.95))
     rng = random.Random(1234)  # identical data, in identical order, for every model
     curve, qk = [], []
+    # dense early (retrieval heads can form within a few hundred steps), sparse later
+    ckpt_steps = {x for x in range(s["every"], s["steps"] + 1, s["every"])
+                  if x <= s["steps"] // 3 or x % (5 * s["every"]) == 0} | {s["steps"]}
     train_s = 0.0
     for step in range(1, s["steps"] + 1):
         t0 = time.time()
@@ -286,7 +289,7 @@ def train(name: str, work: Path, smoke: bool, time_budget: float, corpus: str | 
         opt.zero_grad(set_to_none=True)
         train_s += time.time() - t0
         out_of_time = train_s > time_budget
-        if step % s["every"] == 0 or step == s["steps"] or out_of_time:
+        if step in ckpt_steps or out_of_time:
             model.eval()
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
                 ev = evaluate_checkpoint(model, data, s)
