@@ -261,6 +261,8 @@ def _tensor(table: list[list[float | None]]) -> torch.Tensor:
 def train(name: str, work: Path, smoke: bool, time_budget: float, corpus: str | None) -> None:
     s = settings(smoke)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cpu":  # the models train side by side: one thread each avoids oversubscribing the cores
+        torch.set_num_threads(1)
     tok, natural = build_tokenizer(work, s["vocab"], corpus)
     data = NeedleData(tok, natural)
     torch.manual_seed(0)
