@@ -313,7 +313,11 @@ def train(name: str, work: Path, smoke: bool, time_budget: float, corpus: str | 
     for entry, weights in zip(curve, qk):
         other.load_state_dict(weights, strict=False)
         entry["qk_distance"] = qk_weight_distance(other, ref)
-    suite = final_suite(model, tok, data, s)
+    try:  # a failure here must not lose the training curves
+        suite = final_suite(model, tok, data, s)
+    except Exception as exc:  # noqa: BLE001
+        suite = {"error": f"{type(exc).__name__}: {exc}", "summary": {}, "records": []}
+        print(json.dumps({"model": name, "suite_error": suite["error"]}), flush=True)
     window = model.config.sliding_window if "sliding_attention" in model.config.layer_types else None
     (work / f"{name}.json").write_text(json.dumps({
         "model": name, "non_embedding_params": n_params, "window": window, "settings": s,
@@ -405,6 +409,9 @@ def plots(out: Path, s: dict, results: dict) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(2.6 * len(results), 3.2), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
         recs = [x for x in r["suite"]["records"] if x["task"] == "niah_single"]
+        if not recs:
+            ax.set_title(f"{name}: no suite", fontsize=9)
+            continue
         lengths, depths = sorted({x["length"] for x in recs}), sorted({x["depth"] for x in recs})
         grid = np.array([[np.mean([x["score"] for x in recs if x["length"] == n and x["depth"] == d] or [np.nan])
                           for n in lengths] for d in depths])
@@ -457,6 +464,8 @@ def write_report(out: Path, s: dict, results: dict) -> None:
     lines += ["", "## Library suite on the final checkpoint (greedy generation, string match %)", "",
               "| model | task | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 2) + "|"]
     for name, r in results.items():
+        if "error" in r["suite"]:
+            lines.append(f"| {name} | error: {r['suite']['error'][:80]} |" + " |" * len(lengths))
         for task, by_len in r["suite"]["summary"].items():
             lines.append(f"| {name} | {task} | " + " | ".join(_pct(by_len.get(n)) for n in lengths) + " |")
     lines += ["", "## Automatic reading (one seed per model: a first indication, not a significance test)", ""]
