@@ -102,7 +102,7 @@ def receptive_field_cap(model, full_attention: int | None = None, efficient: int
 def fit_scaling_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float], holdout_n: float | None = None,
                     log_target: bool = False) -> dict[str, Any]:
     """Fit ``L = b N^-alpha + c D^-beta`` (no constant) with a Huber loss (delta 1e-3) on log-residuals, L-BFGS-B from
-    a grid of starts; optionally hold out every point with ``N == holdout_n`` and report its R^2.
+    the best points of a grid of starts; optionally hold out every point with ``N == holdout_n`` and report its R^2.
 
     With ``log_target`` the target is ``log L`` (as for log LongPPL)."""
     from scipy.optimize import minimize
@@ -120,15 +120,11 @@ def fit_scaling_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float
         a = np.abs(r)
         return float(np.sum(np.where(a <= 1e-3, 0.5 * r**2, 1e-3 * (a - 0.5e-3))))
 
-    best = None
-    for log_b in (0.0, 2.5, 5.0):
-        for alpha in (0.1, 0.25, 0.5):
-            for log_c in (0.0, 2.5, 5.0, 7.5):
-                for beta in (0.1, 0.3, 0.5):
-                    res = minimize(objective, [log_b, alpha, log_c, beta], method="L-BFGS-B",
-                                   bounds=[(-10, 30), (0.0, 2.0), (-10, 30), (0.0, 2.0)])
-                    if best is None or res.fun < best.fun:
-                        best = res
+    grid = [(log_b, alpha, log_c, beta) for log_b in (0.0, 2.5, 5.0) for alpha in (0.1, 0.25, 0.5)
+            for log_c in (0.0, 2.5, 5.0, 7.5) for beta in (0.1, 0.3, 0.5)]
+    starts = sorted(grid, key=objective)[:8]  # refine the best grid points only: same optimum, ~10x faster
+    best = min((minimize(objective, list(x0), method="L-BFGS-B", bounds=[(-10, 30), (0.0, 2.0), (-10, 30), (0.0, 2.0)])
+                for x0 in starts), key=lambda r: r.fun)
     p = best.x
 
     def r2(mask):
