@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybrid_hf import HybridConfig  # noqa: E402
+from hybrid_hf.modeling import kernels  # noqa: E402
 from hybrid_hf.modeling import linear_attention as la  # noqa: E402
 from hybrid_hf.modeling.modeling_hybrid import HybridAttention, HybridRotaryEmbedding  # noqa: E402
 from hybrid_hf.modeling.ops_linear_attention import gated_delta_chunked, l2_normalize, scalar_decay_chunked  # noqa: E402
@@ -60,7 +61,7 @@ def equivalence(kind: str, t: int = 4096, h: int = 8, dk: int = 64, dv: int = 64
         return out.detach(), [x.grad for x in leaves]
 
     ref_fn = gated_delta_chunked if kind == "gated_delta" else scalar_decay_chunked
-    fast_fn = la.gated_delta_attention if kind == "gated_delta" else la.scalar_decay_attention
+    fast_fn = kernels.gated_delta_attention if kind == "gated_delta" else kernels.scalar_decay_attention
     ref_out, ref_grads = run(ref_fn, inputs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -69,7 +70,7 @@ def equivalence(kind: str, t: int = 4096, h: int = 8, dk: int = 64, dv: int = 64
     with torch.no_grad():  # forward-only through fla (no backward guard involved)
         fwd_only, _ = fast_fn(*[x.bfloat16() for x in inputs])
     names = ["q", "k", "v", "g", "beta"]
-    emit(kind="equivalence", op=kind, T=t, heads=h, fla=la.fla_available(), backward_via_reference=fell_back,
+    emit(kind="equivalence", op=kind, T=t, heads=h, fla=kernels.fla_available(), backward_via_reference=fell_back,
          fwd_rel=round(rel(fast_out, ref_out), 5), fwd_only_fla_rel=round(rel(fwd_only, ref_out), 5),
          grad_rel={n: round(rel(a, b), 5) for n, a, b in zip(names, fast_grads, ref_grads)}, tolerance=2e-2)
 
@@ -87,9 +88,9 @@ def fla_gdn_backward_probe() -> None:
         beta = torch.rand(1, t, h, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         o, _ = chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=1.0)
         o.sum().backward()
-        emit(kind="fla_gdn_backward", ok=True, guard_says_safe=la.fla_backward_is_safe())
+        emit(kind="fla_gdn_backward", ok=True, guard_says_safe=kernels.fla_backward_is_safe())
     except Exception as ex:
-        emit(kind="fla_gdn_backward", ok=False, error=repr(ex)[:300], guard_says_safe=la.fla_backward_is_safe())
+        emit(kind="fla_gdn_backward", ok=False, error=repr(ex)[:300], guard_says_safe=kernels.fla_backward_is_safe())
 
 
 def timing(seq: int) -> None:
@@ -135,7 +136,7 @@ def timing(seq: int) -> None:
                 row[f"{name}_{label}"] = round((time.perf_counter() - t0) / 3 * 1e3, 2)
             except Exception as ex:
                 row[f"{name}_{label}_error"] = repr(ex)[:200]
-    row["backward_path"] = "fla" if la.fla_available() and la.fla_backward_is_safe() else "PyTorch reference"
+    row["backward_path"] = "fla" if kernels.fla_available() and kernels.fla_backward_is_safe() else "PyTorch reference"
     emit(**row)
 
 
@@ -154,7 +155,7 @@ def main() -> None:
         triton_version = None
     cuda = torch.cuda.is_available()
     emit(kind="env", torch=torch.__version__, transformers=transformers.__version__, triton=triton_version,
-         gpu=torch.cuda.get_device_name() if cuda else None, fla=la.fla_available(), command=" ".join(sys.argv))
+         gpu=torch.cuda.get_device_name() if cuda else None, fla=kernels.fla_available(), command=" ".join(sys.argv))
     steps = [lambda: equivalence("gated_delta"), lambda: equivalence("scalar")]
     if cuda:
         steps += [fla_gdn_backward_probe, lambda: timing(8192), lambda: timing(32768)]
@@ -165,7 +166,11 @@ def main() -> None:
             step()
         except Exception as ex:
             emit(kind="error", error=repr(ex)[:400], tb=traceback.format_exc()[-1200:])
-    (args.out / "mixers-h200.json").write_text(json.dumps(RESULTS, indent=1))
+        write(args.out)  # after every step, so a run stopped at its time limit still leaves its rows
+
+
+def write(out: Path) -> None:
+    (out / "mixers-h200.json").write_text(json.dumps(RESULTS, indent=1))
     lines = ["# Recurrent mixers on one H200", "", f"Environment: {RESULTS[0]}", "", "## fla vs reference (T=4096, bf16 vs fp32)", "",
              "| op | fwd rel | fwd-only fla rel | grad rel | backward through | tolerance |", "|---|---|---|---|---|---|"]
     for r in RESULTS:
@@ -181,8 +186,7 @@ def main() -> None:
                      for n in ("full", "gdn", "mamba2", "lightning")]
             lines.append(f"| {r['T']} | " + " | ".join(cells) + f" | {r['backward_path']} |")
     lines += [""] + [f"- {r}" for r in RESULTS if r["kind"] in ("fla_gdn_backward", "error")]
-    (args.out / "mixers-h200.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (out / "mixers-h200.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

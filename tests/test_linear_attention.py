@@ -247,3 +247,15 @@ def test_generate_fast_with_recurrent_layers(mixer):
     with torch.no_grad():
         full = model(seq, use_cache=False).logits
     assert (logits - full[:, 12:-1]).abs().max().item() <= 1e-4
+
+
+def test_kernel_dispatch_guard_and_cpu_path():
+    """fla #640's broken triton range is recognised; CPU tensors always take the reference (no fla, no warning)."""
+    from hybrid_hf.modeling import kernels
+
+    assert kernels.triton_has_hopper_bwd_bug("3.6.0") and kernels.triton_has_hopper_bwd_bug("3.4.0+git1234")
+    assert not kernels.triton_has_hopper_bwd_bug("3.7.1") and not kernels.triton_has_hopper_bwd_bug("3.3.1")
+    q = torch.randn(1, 8, 2, 4, requires_grad=True)
+    assert not kernels._use_fla(q, "gated_delta")
+    out, state = kernels.scalar_decay_attention(q, q, q, -torch.rand(1, 8, 2))
+    assert out.shape == (1, 8, 2, 4) and state.shape == (1, 2, 4, 4)

@@ -1,0 +1,106 @@
+"""One dispatch point for the recurrent mixers' maths: fla's Triton kernels on CUDA when installed (and when their
+backward is trustworthy), else the PyTorch reference of ``ops_linear_attention``.
+
+fla and triton are imported by name at call time (``importlib``), so loading a checkpoint with remote code never
+requires them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import warnings
+
+import torch
+
+from .ops_linear_attention import (
+    gated_delta_chunked,
+    gated_delta_recurrent,
+    scalar_decay_chunked,
+    scalar_decay_recurrent,
+)
+
+
+@functools.cache
+def fla_available() -> bool:
+    """Whether flash-linear-attention's Triton ops can be imported (CUDA machines only)."""
+    if importlib.util.find_spec("fla") is None or not torch.cuda.is_available():
+        return False
+    try:
+        importlib.import_module("fla.ops.gated_delta_rule")
+        importlib.import_module("fla.ops.simple_gla")
+    except Exception:
+        return False
+    return True
+
+
+@functools.cache
+def fla_backward_is_safe() -> bool:
+    """fla refuses (or, before it checked, silently got wrong) the gradients of its gated chunk kernels — GDN and
+    simple GLA alike, through ``chunk_bwd_dqkwg`` — on Hopper with 3.4 <= triton < 3.7.1 (fla issue #640; seen on
+    an H200 with triton 3.6 for both)."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        return True
+    try:
+        version = importlib.import_module("triton").__version__
+    except Exception:
+        return False
+    return not triton_has_hopper_bwd_bug(version)
+
+
+def triton_has_hopper_bwd_bug(version: str) -> bool:
+    """Whether this triton version is in fla #640's broken range (3.4 <= triton < 3.7.1)."""
+    parsed = tuple(int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit())
+    return (3, 4, 0) <= parsed < (3, 7, 1)
+
+
+def _use_fla(x: torch.Tensor, kind: str) -> bool:
+    if not (x.is_cuda and fla_available()):
+        return False
+    if torch.is_grad_enabled() and x.requires_grad and not fla_backward_is_safe():
+        warnings.warn(
+            f"hybrid_hf: fla's {kind} backward is wrong/refused on Hopper with triton >= 3.4, < 3.7.1 "
+            "(fla issue #640); training uses the PyTorch reference for these layers instead (inference still uses "
+            "fla). Install triton >= 3.7.1 for the fast kernel.",
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
+def scalar_decay_attention(q, k, v, g, initial_state=None, cu_seqlens=None, chunk_size: int = 64):
+    """Scalar-decay linear attention: fla ``chunk_simple_gla`` on CUDA, else the PyTorch reference."""
+    if _use_fla(q, "scalar"):
+        chunk_simple_gla = importlib.import_module("fla.ops.simple_gla").chunk_simple_gla
+        return chunk_simple_gla(q, k, v, g=g, scale=1.0, initial_state=initial_state, output_final_state=True,
+                                cu_seqlens=cu_seqlens)
+    if cu_seqlens is not None:
+        return _per_document(scalar_decay_attention, cu_seqlens, q, k, v, g, chunk_size=chunk_size)
+    if q.shape[1] == 1:
+        return scalar_decay_recurrent(q, k, v, g, initial_state)
+    return scalar_decay_chunked(q, k, v, g, initial_state, chunk_size)
+
+
+def gated_delta_attention(q, k, v, g, beta, initial_state=None, cu_seqlens=None, chunk_size: int = 64):
+    """Gated delta rule: fla ``chunk_gated_delta_rule`` on CUDA (when its backward is safe), else the reference."""
+    if _use_fla(q, "gated_delta"):
+        chunk_gated_delta_rule = importlib.import_module("fla.ops.gated_delta_rule").chunk_gated_delta_rule
+        return chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=1.0, initial_state=initial_state,
+                                      output_final_state=True, cu_seqlens=cu_seqlens)
+    if cu_seqlens is not None:
+        return _per_document(gated_delta_attention, cu_seqlens, q, k, v, g, beta, chunk_size=chunk_size)
+    if q.shape[1] == 1:
+        return gated_delta_recurrent(q, k, v, g, beta, initial_state)
+    return gated_delta_chunked(q, k, v, g, beta, initial_state, chunk_size)
+
+
+def _per_document(fn, cu_seqlens, *tensors, chunk_size: int):
+    """Reference path for packed input (batch 1): run each document from a zero state."""
+    bounds = cu_seqlens.tolist()
+    outs, states = [], []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        o, s = fn(*(t[:, start:end] for t in tensors), chunk_size=chunk_size)
+        outs.append(o)
+        states.append(s)
+    return torch.cat(outs, dim=1), torch.cat(states, dim=0)
