@@ -105,6 +105,22 @@ class _RecurrentMixer(nn.Module):
     def reset_mixer_parameters(self) -> None:
         """Mixer-specific initialisation (decay parameters); linear layers are initialised by the model."""
 
+    @torch.no_grad()
+    def _init_decay_and_conv(self) -> None:
+        """Mamba-style decay init shared by GDN and Mamba-2: ``A ~ U[1, 16]``, ``dt ~ logU[1e-3, 1e-1]`` stored as
+        its inverse softplus in ``dt_bias``; Kaiming-uniform short-conv weights."""
+        self.A_log.copy_(torch.log(torch.empty_like(self.A_log).uniform_(1, 16)))
+        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
+
+    def _inputs(self, hidden_states, attention_mask, past_key_values, kwargs):
+        """``(x, valid, cu_seqlens, cache)``: inputs with pad tokens zeroed, the (B, T) real-token mask or None,
+        packed-document boundaries, and the cache to use (None for packed input)."""
+        cu, cache = self._packing(kwargs, past_key_values)
+        valid = self._valid(attention_mask, hidden_states)
+        return (hidden_states if valid is None else hidden_states * valid[..., None]), valid, cu, cache
+
     def _valid(self, attention_mask: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor | None:
         """(B, T) float mask of real tokens for this call, or None when there is no padding."""
         if attention_mask is None or attention_mask.dim() != 2:
@@ -134,10 +150,7 @@ class GatedDeltaNetMixer(_RecurrentMixer):
 
     @torch.no_grad()
     def reset_mixer_parameters(self) -> None:
-        self.A_log.copy_(torch.log(torch.empty_like(self.A_log).uniform_(1, 16)))
-        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
+        self._init_decay_and_conv()
 
     def forward(
         self,
@@ -149,9 +162,7 @@ class GatedDeltaNetMixer(_RecurrentMixer):
     ) -> torch.Tensor:
         b, t, _ = hidden_states.shape
         h, dk, dv = self.num_heads, self.head_dim, self.value_dim
-        cu, cache = self._packing(kwargs, past_key_values)
-        valid = self._valid(attention_mask, hidden_states)
-        x = hidden_states if valid is None else hidden_states * valid[..., None]
+        x, valid, cu, cache = self._inputs(hidden_states, attention_mask, past_key_values, kwargs)
         qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
         qkv = self._conv(qkv, self.conv_weight, cache, cu)
         q, k, v = torch.split(qkv, [h * dk, h * dk, h * dv], dim=-1)
@@ -191,11 +202,8 @@ class Mamba2Mixer(_RecurrentMixer):
 
     @torch.no_grad()
     def reset_mixer_parameters(self) -> None:
-        self.A_log.copy_(torch.log(torch.empty_like(self.A_log).uniform_(1, 16)))
-        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self._init_decay_and_conv()
         self.D.fill_(1.0)
-        nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
 
     def forward(
         self,
@@ -208,9 +216,7 @@ class Mamba2Mixer(_RecurrentMixer):
         b, t, _ = hidden_states.shape
         h, p, n = self.num_heads, self.head_dim, self.state_size
         inner = h * p
-        cu, cache = self._packing(kwargs, past_key_values)
-        valid = self._valid(attention_mask, hidden_states)
-        x_in = hidden_states if valid is None else hidden_states * valid[..., None]
+        x_in, valid, cu, cache = self._inputs(hidden_states, attention_mask, past_key_values, kwargs)
         z, xbc, dt = torch.split(self.in_proj(x_in), [inner, inner + 2 * n, h], dim=-1)
         xbc = self._conv(xbc, self.conv_weight, cache, cu)
         x, bmat, cmat = torch.split(xbc, [inner, n, n], dim=-1)
@@ -267,9 +273,7 @@ class LightningMixer(_RecurrentMixer):
     ) -> torch.Tensor:
         b, t, _ = hidden_states.shape
         h, dh = self.num_heads, self.head_dim
-        cu, cache = self._packing(kwargs, past_key_values)
-        valid = self._valid(attention_mask, hidden_states)
-        x = hidden_states if valid is None else hidden_states * valid[..., None]
+        x, valid, cu, cache = self._inputs(hidden_states, attention_mask, past_key_values, kwargs)
         q = F.silu(self.q_proj(x)).reshape(b, t, h, dh)
         k = F.silu(self.k_proj(x)).reshape(b, t, h, dh)
         v = F.silu(self.v_proj(x)).reshape(b, t, h, dh)
