@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -295,15 +296,16 @@ def decode() -> None:
         reset_peak()
         ours = HybridForCausalLM(ours_config(lt, w)).to(dev, dtype).eval()
         missing = ours.load_state_dict(state, strict=False)  # same weights: identical parameter names
-        generate_fast(ours, ids, 4)  # warm-up: compiles the prefill kernels for these shapes
+        fast = {"compile": dev == "cuda"}  # compiled decoder layers inside the CUDA graph
+        generate_fast(ours, ids, 4, **fast)  # warm-up: compiles prefill kernels and decode layers for these shapes
         reset_peak()
         sync()
         t0 = time.perf_counter()
-        generate_fast(ours, ids, 1)
+        generate_fast(ours, ids, 1, **fast)
         sync()
         t_prefill = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = generate_fast(ours, ids, new + 1)
+        out = generate_fast(ours, ids, new + 1, **fast)
         sync()
         t_all = time.perf_counter() - t0
         tok_s = batch * new / max(t_all - t_prefill, 1e-6)
@@ -313,7 +315,8 @@ def decode() -> None:
             ours_logits = ours(probe, use_cache=False, logits_to_keep=1).logits.float()
             hf_logits = hf_probe_logits[:1]
         logit_diff = float((ours_logits - hf_logits).abs().max())
-        emit(kind="decode", model=f"hybrid_hf generate_fast+cudagraph [{label}]", batch=batch, ctx=ctx, new=new,
+        emit(kind="decode", model=f"hybrid_hf generate_fast(compile)+cudagraph [{label}]", batch=batch, ctx=ctx,
+             new=new,
              tok_s=round(tok_s, 1), speedup_vs_hf=round(tok_s / hf_tok_s, 1), prefill_s=round(t_prefill, 3),
              peak_GiB=peak_gib(), greedy_token_agreement_with_hf=round(agree, 3),
              max_logit_diff_vs_hf_2k_prompt=round(logit_diff, 4),
@@ -424,13 +427,16 @@ def markdown(env: dict) -> str:
 def main() -> None:
     global OUT, SMOKE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/results")))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default: $OUT, else benchmarks/results; --smoke: a temporary folder)")
     parser.add_argument("--sections", nargs="+", default=["train", "prefill", "decode", "kernels"],
                         choices=["train", "prefill", "decode", "kernels"])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, to check the script itself")
     parser.add_argument("--tag", default="", help="suffix of the result file names")
     args = parser.parse_args()
     OUT, SMOKE = args.out, args.smoke
+    if OUT is None:
+        OUT = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if SMOKE else Path(os.environ.get("OUT", "benchmarks/results"))
     OUT.mkdir(parents=True, exist_ok=True)
     env = environment()
     emit(kind="env", **env)

@@ -123,6 +123,18 @@ def test_generate_fast_static_cache_matches_full_forward(pattern, chunk):
     assert torch.equal(seq, ref)
 
 
+def test_generate_fast_compiled_decode_layers_match_eager():
+    from hybrid_hf.generation import generate_fast
+
+    model = tiny_model("SF")
+    prompt = torch.randint(3, 128, (2, 13))
+    seq, logits = generate_fast(model, prompt, 6, return_logits=True)
+    seq_c, logits_c = generate_fast(model, prompt, 6, return_logits=True, compile=True)
+    assert torch.equal(seq, seq_c)
+    assert (logits - logits_c).abs().max().item() <= 1e-5
+    assert all(not hasattr(layer, "_orig_mod") for layer in model.model.layers)  # the model itself stays eager
+
+
 def test_static_cache_sliding_layers_hold_exactly_the_window():
     from hybrid_hf.modeling.static_cache import HybridStaticCache
 
@@ -131,7 +143,22 @@ def test_static_cache_sliding_layers_hold_exactly_the_window():
     sizes = cache.kv_bytes()
     per_token = 2 * cfg.num_key_value_heads * cfg.head_dim * 4  # k+v, fp32
     assert sizes["sliding_attention"] == 2 * 4 * per_token  # two sliding layers, W tokens each
-    assert sizes["full_attention"] == 2 * 1000 * per_token
+    assert sizes["full_attention"] == 2 * 1024 * per_token  # max_length rounded up to whole decode splits
+
+
+@pytest.mark.parametrize("split", [1024, 64])
+def test_decode_attention_matches_sdpa_with_gqa_and_split_k(split):
+    from hybrid_hf.modeling.attention_kernels import decode_attention
+
+    torch.manual_seed(0)
+    q = torch.randn(3, 8, 1, 16)
+    keys, values = torch.randn(3, 2, 512, 16), torch.randn(3, 2, 512, 16)
+    valid = torch.arange(512) <= 300
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, keys[:, :, :301].repeat_interleave(4, 1), values[:, :, :301].repeat_interleave(4, 1), scale=0.3
+    )
+    out = decode_attention(q, keys, values, valid, 0.3, split_size=split)
+    assert (out - ref).abs().max().item() <= 1e-5
 
 
 def test_generate_fast_rejects_bad_input():

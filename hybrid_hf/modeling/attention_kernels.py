@@ -92,17 +92,50 @@ def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor | N
     return torch.cat([begin, end]).to(torch.int32)
 
 
+# --------------------------------------------------------------------------------------------- decode
+def decode_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scale: float,
+    split_size: int = 1024,
+) -> torch.Tensor:
+    """One query per row against a preallocated key buffer (the decode step of ``HybridStaticCache``).
+
+    ``q`` is (B, Hq, 1, D); ``keys``/``values`` are (B, Hkv, T, D) with Hq a multiple of Hkv (grouped-query heads are
+    rows of one matmul, never repeated keys); ``valid`` (T,) marks the filled slots. Scores follow transformers' eager
+    attention numerics (QK^T in the input dtype, softmax in fp32). The probability-value product is split along T
+    into ``split_size`` chunks that run as separate batches and are summed in fp32 (split-K), so a 32k-key buffer
+    at batch 1 still spreads over the whole GPU. Returns (B, Hq, 1, D).
+    """
+    b, hq, _, d = q.shape
+    hkv, t = keys.shape[1], keys.shape[2]
+    g = hq // hkv
+    scores = torch.matmul(q.reshape(b, hkv, g, d), keys.transpose(-1, -2)).float() * scale
+    probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1).to(values.dtype)
+    if t > split_size and t % split_size == 0:
+        n = t // split_size
+        parts = torch.matmul(probs.view(b, hkv, g, n, split_size).transpose(2, 3),
+                             values.view(b, hkv, n, split_size, d))
+        out = parts.float().sum(2).to(q.dtype)
+    else:
+        out = torch.matmul(probs, values)
+    return out.reshape(b, hq, 1, d)
+
+
 # --------------------------------------------------------------------------------------------- FlexAttention
-@functools.cache
-def _compiled_flex():
-    # Every (length, window) shape compiles once; dynamo's default recompile limit (8 per code object, shared with
-    # any other compiled flex_attention in the process) would otherwise silently drop to the unfused O(T^2) path.
+def raise_recompile_limits(limit: int = 256) -> None:
+    """Raise dynamo's recompile limits (default 8 per code object): every layer and shape compiles once, and hitting
+    the limit would silently drop to the unfused path."""
     import torch._dynamo.config as dynamo_config
-    from torch.nn.attention.flex_attention import flex_attention
 
     for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
         if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    raise_recompile_limits()
     return torch.compile(flex_attention, dynamic=False)
 
 

@@ -12,10 +12,9 @@ Rows of a batch must have equal lengths (no padding): positions are shared by th
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers.cache_utils import Cache, CacheLayerMixin, LinearAttentionLayer
 
-from .attention_kernels import causal_attention
+from .attention_kernels import causal_attention, decode_attention
 from .configuration_hybrid import HybridConfig
 
 
@@ -25,8 +24,9 @@ class _StaticAttentionLayer(CacheLayerMixin):
     is_sliding = False
 
     def __init__(self, batch_size: int, num_kv_heads: int, head_dim: int, capacity: int, window: int | None,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, max_length: int | None = None) -> None:
         super().__init__()
+        self.max_length = capacity if max_length is None else max_length
         self.window = window
         self.is_sliding = window is not None
         self.capacity = capacity
@@ -71,8 +71,8 @@ class _StaticAttentionLayer(CacheLayerMixin):
             out = causal_attention(q, keys, values, window=self.window, scale=scale, kernel=kernel)
             self.write(k, v, positions)
             return out
-        if start + n > self.capacity:
-            raise ValueError(f"HybridStaticCache: {start + n} tokens exceed max_length={self.capacity}.")
+        if start + n > self.max_length:
+            raise ValueError(f"HybridStaticCache: {start + n} tokens exceed max_length={self.max_length}.")
         self.write(k, v, positions)
         keys, values = self.keys[:, :, : start + n], self.values[:, :, : start + n]
         return causal_attention(q, keys, values, window=None, scale=scale, kernel=kernel)
@@ -80,11 +80,8 @@ class _StaticAttentionLayer(CacheLayerMixin):
     def decode(self, q, k, v, position: torch.Tensor, scale: float) -> torch.Tensor:
         """One token per row at device-side ``position`` (graph-safe: no host synchronisation)."""
         self.write(k, v, position.reshape(1))
-        valid = (self.slots <= position)[None, None, None, :]  # ring slots fill 0..W-1, then all stay valid
-        out = F.scaled_dot_product_attention(
-            q, self.keys, self.values, attn_mask=valid, scale=scale, enable_gqa=q.shape[1] != self.keys.shape[1]
-        )
-        return out.transpose(1, 2)
+        valid = self.slots <= position  # ring slots fill 0..W-1, then all stay valid
+        return decode_attention(q, self.keys, self.values, valid, scale).transpose(1, 2)
 
 
 class HybridStaticCache(Cache):
@@ -93,7 +90,7 @@ class HybridStaticCache(Cache):
     Args:
         config: the model's ``HybridConfig``.
         batch_size: rows decoded together (equal prompt lengths).
-        max_length: prompt plus new tokens; full-attention layers preallocate this many keys.
+        max_length: prompt plus new tokens; full-attention layers preallocate this many keys (rounded up to 1024).
         device, dtype: where and how keys/values live.
     """
 
@@ -106,10 +103,11 @@ class HybridStaticCache(Cache):
                 layers.append(LinearAttentionLayer())
             else:
                 window = config.sliding_window if t == "sliding_attention" else None
-                capacity = min(window, max_length) if window is not None else max_length
+                # full layers round up to whole decode splits (see ``decode_attention``); extra slots stay invalid
+                capacity = min(window, max_length) if window is not None else -(-max_length // 1024) * 1024
                 layers.append(
                     _StaticAttentionLayer(batch_size, config.num_key_value_heads, config.head_dim, capacity, window,
-                                          device, dtype)
+                                          device, dtype, max_length)
                 )
         super().__init__(layers=layers)
         self.max_length = max_length
