@@ -135,6 +135,32 @@ def test_generate_fast_compiled_decode_layers_match_eager():
     assert all(not hasattr(layer, "_orig_mod") for layer in model.model.layers)  # the model itself stays eager
 
 
+def test_generate_fast_reuses_buffers_across_calls_and_tracks_weight_changes():
+    from hybrid_hf.generation import generate_fast, release_decode_buffers
+    from hybrid_hf.generation.fast import _STATE
+
+    model = tiny_model("SF", sliding_window=4)
+    first = generate_fast(model, torch.randint(3, 128, (2, 13)), 6)
+    cache = next(iter(_STATE[model].sessions.values())).cache
+    prompt = torch.randint(3, 128, (2, 9))  # shorter: stale keys of the first call sit beyond it in the buffers
+    seq, logits = generate_fast(model, prompt, 6, return_logits=True)
+    assert next(iter(_STATE[model].sessions.values())).cache is cache  # same buffers, restarted
+    with torch.no_grad():
+        full = model(seq, use_cache=False).logits
+    assert (logits - full[:, 8:-1]).abs().max().item() <= 1e-4
+    assert not torch.equal(first[:, :9], seq[:, :9])
+    # a weight update (e.g. a training step) rebuilds the fused decode weights
+    with torch.no_grad():
+        model.model.layers[1].self_attn.k_proj.weight.mul_(3.0)
+        model.model.layers[0].mlp.up_proj.weight.mul_(-1.0)
+    seq, logits = generate_fast(model, prompt, 6, return_logits=True)
+    with torch.no_grad():
+        full = model(seq, use_cache=False).logits
+    assert (logits - full[:, 8:-1]).abs().max().item() <= 1e-4
+    release_decode_buffers(model)
+    assert model not in _STATE
+
+
 def test_static_cache_sliding_layers_hold_exactly_the_window():
     from hybrid_hf.modeling.static_cache import HybridStaticCache
 

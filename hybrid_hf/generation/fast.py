@@ -7,6 +7,8 @@ the tests compare against a plain forward).
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,21 +17,91 @@ from ..modeling.attention_kernels import raise_recompile_limits
 from ..modeling.modeling_hybrid import HybridForCausalLM
 from ..modeling.static_cache import HybridStaticCache
 
-_COMPILED_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+class _DecodeLayer(nn.Module):
+    """One decoder layer's decode step. Attention layers run with q/k/v and gate/up each fused into one matmul, from
+    decode-only copies of those weights (the layer's own modules are untouched); recurrent layers run as they are."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.layer_type = layer.layer_type
+        self.fused = layer.layer_type != "linear_attention"
+        if self.fused:
+            attn, mlp = layer.self_attn, layer.mlp
+            projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+            with torch.no_grad():
+                self.register_buffer("qkv_weight", torch.cat([m.weight for m in projections]), persistent=False)
+                bias = torch.cat([m.bias for m in projections]) if attn.q_proj.bias is not None else None
+                self.register_buffer("qkv_bias", bias, persistent=False)
+                self.register_buffer("gate_up_weight", torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                                     persistent=False)
+
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, cache: HybridStaticCache,
+                position_embeddings: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        layer = self.layer
+        if not self.fused:
+            return layer(hidden, attention_mask=None, position_ids=positions, past_key_values=cache, use_cache=True,
+                         position_embeddings=position_embeddings)[0]
+        attn = layer.self_attn
+        q, k, v = attn.project_qkv(layer.input_layernorm(hidden), position_embeddings, self.qkv_weight,
+                                   self.qkv_bias)
+        out = cache.attend(attn.layer_idx, q, k, v, scale=attn.scaling, position_ids=positions)
+        hidden = hidden + attn.o_proj(out.reshape(*hidden.shape[:-1], -1))
+        return hidden + layer.mlp(layer.post_attention_layernorm(hidden), gate_up_weight=self.gate_up_weight)
 
 
-def _decode_layers(model: HybridForCausalLM, compile: bool) -> list[nn.Module]:
-    """The decoder layers the decode step runs: as they are, or ``torch.compile``d copies (made once per model; the
-    model itself is left uncompiled, so prefill and training are unaffected)."""
-    layers = list(model.model.layers)
-    if not compile:
-        return layers
-    compiled = _COMPILED_LAYERS.get(model)
-    if compiled is None or len(compiled) != len(layers):
-        raise_recompile_limits()  # one graph per layer (the layer index picks its cache slot)
-        compiled = [torch.compile(layer, dynamic=False) for layer in layers]
-        _COMPILED_LAYERS[model] = compiled
-    return compiled
+@dataclass
+class _Session:
+    """A static cache and its captured decode step, kept for the next call with the same shapes."""
+
+    cache: HybridStaticCache
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    graph: torch.cuda.CUDAGraph | None = None
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class _DecodeState:
+    """Per-model decode artefacts; dropped whenever a parameter changes (training, loading, moving)."""
+
+    signature: tuple
+    layers: dict[str, list[nn.Module]] = field(default_factory=dict)
+    sessions: dict[tuple, _Session] = field(default_factory=dict)
+
+
+_STATE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state(model: HybridForCausalLM) -> _DecodeState:
+    signature = tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
+    state = _STATE.get(model)
+    if state is None or state.signature != signature:
+        state = _STATE[model] = _DecodeState(signature)
+    return state
+
+
+def _compile_options(compile: bool | dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+    if compile is False:
+        return None
+    if compile is True:  # GEMMs with one row per sequence gain most from autotuned kernels
+        return {"dynamic": False, **({"mode": "max-autotune-no-cudagraphs"} if device.type == "cuda" else {})}
+    if isinstance(compile, dict):
+        return {"dynamic": False, **compile}
+    raise ValueError(f"generate_fast: `compile` must be a bool or a dict of torch.compile options, got {compile!r}.")
+
+
+def _decode_layers(state: _DecodeState, model: HybridForCausalLM, options: dict[str, Any] | None) -> list[nn.Module]:
+    """The decode step's layers (fused projections), ``torch.compile``d when asked; made once per model and options."""
+    key = repr(sorted(options.items())) if options is not None else "eager"
+    if key not in state.layers:
+        layers = [_DecodeLayer(layer) for layer in model.model.layers]
+        if options is not None:
+            raise_recompile_limits()  # one graph per layer (the layer index picks its cache slot)
+            layers = [torch.compile(layer, **options) for layer in layers]
+        state.layers[key] = layers
+    return state.layers[key]
 
 
 def _decode_step(model: HybridForCausalLM, layers: list[nn.Module], tokens: torch.Tensor, positions: torch.Tensor,
@@ -40,9 +112,37 @@ def _decode_step(model: HybridForCausalLM, layers: list[nn.Module], tokens: torc
     hidden = base.embed_tokens(tokens)
     rope = base.rotary_emb(hidden, positions)
     for layer in layers:
-        hidden, _ = layer(hidden, attention_mask=None, position_ids=positions, past_key_values=cache, use_cache=True,
-                          position_embeddings=rope.get(layer.layer_type))
+        hidden = layer(hidden, positions, cache, rope.get(layer.layer_type))
     return model.lm_head(base.norm(hidden)[:, -1])
+
+
+def _session(state: _DecodeState, model: HybridForCausalLM, layers: list[nn.Module], batch: int, max_length: int,
+             device: torch.device, dtype: torch.dtype, cuda_graph: bool, compile: Any) -> _Session:
+    """A fresh static cache, or (attention-only models) the one of the last call with the same buffer shapes,
+    together with its captured decode step: capturing costs about as much as tens of decode steps."""
+    cfg = model.config
+
+    def new() -> _Session:
+        return _Session(HybridStaticCache(cfg, batch, max_length, device, dtype),
+                        torch.zeros(batch, 1, dtype=torch.long, device=device),
+                        torch.zeros(1, 1, dtype=torch.long, device=device))
+
+    if "linear_attention" in cfg.layer_types:  # recurrent state is not reset in place
+        return new()
+    shapes = HybridStaticCache.buffer_shapes(cfg, max_length)
+    key = (batch, shapes, dtype, str(device), cuda_graph, repr(compile), id(layers))
+    session = state.sessions.get(key)
+    if session is None:
+        state.sessions.clear()  # one live session per model: its buffers hold a whole context
+        session = state.sessions[key] = new()
+    session.cache.restart(max_length)
+    return session
+
+
+def release_decode_buffers(model: HybridForCausalLM) -> None:
+    """Free what ``generate_fast`` keeps for ``model`` between calls (the static cache of the last shape, its CUDA
+    graph, fused and compiled decode layers)."""
+    _STATE.pop(model, None)
 
 
 def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None,
@@ -64,7 +164,7 @@ def generate_fast(
     *,
     prefill_chunk_size: int = 8192,
     cuda_graph: bool | None = None,
-    compile: bool = False,
+    compile: bool | dict[str, Any] = False,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -78,8 +178,14 @@ def generate_fast(
         prefill_chunk_size: prompt tokens per prefill forward; bounds activation memory for very long prompts.
         cuda_graph: capture the decode step in a CUDA graph (default: on when the model is on CUDA).
         compile: ``torch.compile`` the decoder layers of the decode step (fuses norms, RoPE, SwiGLU and the decode
-            attention; several times faster per token on a GPU). The first call per model compiles (tens of
-            seconds); the model's own forward stays uncompiled.
+            attention; several times faster per token on a GPU); a dict is passed to ``torch.compile`` (e.g.
+            ``{"mode": "max-autotune-no-cudagraphs"}``). The first call per model compiles (tens of seconds); the
+            model's own forward stays uncompiled.
+
+    For attention-only models the static cache and captured decode step of the last call are kept for the next call
+    whose buffers have the same sizes (full layers round ``T + max_new_tokens`` up to a multiple of 1024); free them
+    with ``release_decode_buffers(model)``. Decode uses copies of the q/k/v and gate/up weights fused into one matrix
+    each; they are rebuilt whenever a parameter changes.
         do_sample, temperature, top_k, generator: sampling controls (greedy by default).
         eos_token_id: stop once every row has produced it (later tokens of finished rows are set to it).
         return_logits: also return the (B, max_new_tokens, V) logits of each step.
@@ -99,7 +205,10 @@ def generate_fast(
     cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
     if cuda_graph and device.type != "cuda":
         raise ValueError("generate_fast: cuda_graph=True needs the model and inputs on CUDA.")
-    cache = HybridStaticCache(model.config, batch, prompt_len + max_new_tokens, device, dtype)
+    state = _state(model)
+    layers = _decode_layers(state, model, _compile_options(compile, device))
+    session = _session(state, model, layers, batch, prompt_len + max_new_tokens, device, dtype, cuda_graph, compile)
+    cache = session.cache
 
     logits = None
     for start in range(0, prompt_len, prefill_chunk_size):
@@ -109,16 +218,10 @@ def generate_fast(
     tokens = torch.empty(batch, max_new_tokens, dtype=input_ids.dtype, device=device)
     step_logits = [] if return_logits else None
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    static_tok = torch.empty(batch, 1, dtype=input_ids.dtype, device=device)
-    static_pos = torch.empty(1, 1, dtype=torch.long, device=device)
-
-    layers = _decode_layers(model, compile)
 
     def step() -> torch.Tensor:
-        return _decode_step(model, layers, static_tok, static_pos, cache)
+        return _decode_step(model, layers, session.tokens, session.positions, cache)
 
-    graph = None
-    static_out = None
     for i in range(max_new_tokens):
         nxt = _pick(logits, do_sample, temperature, top_k, generator)
         if eos_token_id is not None:
@@ -130,25 +233,25 @@ def generate_fast(
         if i == max_new_tokens - 1 or (eos_token_id is not None and bool(finished.all())):
             tokens[:, i + 1 :] = eos_token_id if eos_token_id is not None else 0
             break
-        static_tok.copy_(nxt[:, None])
-        static_pos.fill_(prompt_len + i)
+        session.tokens.copy_(nxt[:, None])
+        session.positions.fill_(prompt_len + i)
         cache.seen = prompt_len + i
         if not cuda_graph:
             logits = step()
-        elif graph is None:
-            # The first decode step runs for real on a side stream (it also warms up lazy allocations); the graph
-            # captured next records the same step for all later tokens.
+            continue
+        if session.graph is None:
+            # The first decode step runs for real on a side stream (it also warms up lazy allocations and compiles);
+            # the graph captured next records the same step for all later tokens, and later calls of this shape.
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                logits = step().clone()
+                step()
             torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = step()
-        else:
-            graph.replay()
-            logits = static_out
+            session.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(session.graph):
+                session.logits = step()
+        session.graph.replay()
+        logits = session.logits
     out = torch.cat([input_ids, tokens], dim=1)
     if return_logits:
         n = len(step_logits)

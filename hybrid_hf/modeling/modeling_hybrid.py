@@ -176,6 +176,31 @@ class HybridAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
+    def project_qkv(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+        qkv_weight: torch.Tensor | None = None,
+        qkv_bias: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values as (B, H, T, D), QK-normed and rotated. ``qkv_weight`` (optional) is the three
+        projections concatenated into one matrix (one matmul; used by the fused decode step)."""
+        hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        if qkv_weight is None:
+            q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        else:
+            kv_width = self.num_key_value_heads * self.head_dim
+            q, k, v = nn.functional.linear(hidden_states, qkv_weight, qkv_bias).split(
+                [self.num_heads * self.head_dim, kv_width, kv_width], dim=-1
+            )
+        q, k, v = q.view(hidden_shape), k.view(hidden_shape), v.view(hidden_shape).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        if self.use_rope:
+            q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        return q, k, v
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -186,15 +211,7 @@ class HybridAttention(nn.Module):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        q = self.q_proj(hidden_states).view(hidden_shape)
-        k = self.k_proj(hidden_states).view(hidden_shape)
-        v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        if self.use_rope:
-            q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        q, k, v = self.project_qkv(hidden_states, position_embeddings)
         if isinstance(past_key_values, HybridStaticCache):
             kernel = self.config.attention_kernel
             kernel = resolve_kernel("auto" if kernel == "transformers" else kernel, q.device, self.layer_type)
@@ -245,8 +262,12 @@ class HybridMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.act_fn = ACT2FN[config.hidden_act]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor, gate_up_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``gate_up_weight`` (optional): gate and up projections concatenated into one matrix (one matmul)."""
+        if gate_up_weight is None:
+            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = nn.functional.linear(x, gate_up_weight).chunk(2, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
 
 
 class HybridDecoderLayer(GradientCheckpointingLayer):

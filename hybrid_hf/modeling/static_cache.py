@@ -98,21 +98,45 @@ class HybridStaticCache(Cache):
                  dtype: torch.dtype) -> None:
         device = torch.device(device)
         layers: list = []
-        for t in config.layer_types:
+        for t, capacity in zip(config.layer_types, self.buffer_shapes(config, max_length)):
             if t == "linear_attention":
                 layers.append(LinearAttentionLayer())
             else:
                 window = config.sliding_window if t == "sliding_attention" else None
-                # full layers round up to whole decode splits (see ``decode_attention``); extra slots stay invalid
-                capacity = min(window, max_length) if window is not None else -(-max_length // 1024) * 1024
                 layers.append(
                     _StaticAttentionLayer(batch_size, config.num_key_value_heads, config.head_dim, capacity, window,
                                           device, dtype, max_length)
                 )
         super().__init__(layers=layers)
+        self.config = config
         self.max_length = max_length
         self.batch_size_ = batch_size
         self.seen = 0  # tokens written so far (host-side; the decode step itself reads positions from the device)
+
+    @staticmethod
+    def buffer_shapes(config: HybridConfig, max_length: int) -> tuple[int | None, ...]:
+        """Keys held per layer: ``max_length`` rounded up to whole decode splits (see ``decode_attention``; extra
+        slots are never valid) for full layers, ``min(W, max_length)`` for sliding layers, None for recurrent ones."""
+        return tuple(
+            None if t == "linear_attention"
+            else min(config.sliding_window, max_length) if t == "sliding_attention"
+            else -(-max_length // 1024) * 1024
+            for t in config.layer_types
+        )
+
+    def restart(self, max_length: int) -> None:
+        """Start a new sequence of at most ``max_length`` tokens in the same buffers (attention layers only).
+
+        Old keys need no clearing: prefill reads only positions it has written, and decode masks slots beyond the
+        current position."""
+        if any(isinstance(layer, LinearAttentionLayer) for layer in self.layers):
+            raise ValueError("HybridStaticCache.restart: recurrent layers need a fresh cache.")
+        if self.buffer_shapes(self.config, max_length) != self.buffer_shapes(self.config, self.max_length):
+            raise ValueError(f"HybridStaticCache.restart: max_length={max_length} needs other buffer sizes.")
+        self.max_length = max_length
+        for layer in self.layers:
+            layer.max_length = max_length
+        self.seen = 0
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen
