@@ -24,14 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import environment, ours_config, shapes, swa_pattern  # noqa: E402
 
 from hybrid_hf import HybridForCausalLM  # noqa: E402
-from hybrid_hf.generation.fast import _decode_layers, _decode_step  # noqa: E402
+from hybrid_hf.generation.fast import _compile_options, _decode_layers, _decode_step, _state  # noqa: E402
 from hybrid_hf.modeling.static_cache import HybridStaticCache  # noqa: E402
 
 VARIANTS: dict[str, bool | dict] = {
     "eager layers": False,
-    "compile (default)": True,
-    "compile + freezing": {"options": {"freezing": True}},
-    "compile max-autotune-no-cudagraphs": {"mode": "max-autotune-no-cudagraphs"},
+    "compile (default mode)": {},
+    "compile max-autotune-no-cudagraphs (generate_fast default)": True,
 }
 
 
@@ -43,7 +42,7 @@ def measure(model: HybridForCausalLM, batch: int, ctx: int, variant: bool | dict
     for start in range(0, ctx, 8192):
         model(ids[:, start : start + 8192], past_key_values=cache, use_cache=True, logits_to_keep=1)
     t0 = time.perf_counter()
-    layers = _decode_layers(model, variant)
+    layers = _decode_layers(_state(model), model, _compile_options(variant, torch.device(dev)))
     tok = torch.zeros(batch, 1, dtype=torch.long, device=dev)
     pos = torch.full((1, 1), ctx, dtype=torch.long, device=dev)
     cache.seen = ctx
@@ -131,7 +130,7 @@ def main() -> None:
         model = HybridForCausalLM(ours_config(lt, s["window"] if "SWA" in label else None)).cuda().bfloat16().eval()
         for name in args.variants:
             try:
-                row = measure(model, 1, s["ctx"], VARIANTS[name], profile=name == "compile (default)")
+                row = measure(model, 1, s["ctx"], VARIANTS[name], profile=VARIANTS[name] is True)
             except Exception as ex:  # record and go on with the next variant
                 row = {"error": repr(ex)[:400]}
             row = {"model": label, "batch": 1, "ctx": s["ctx"], "variant": name, **row}
