@@ -210,6 +210,87 @@ def test_receptive_field_cap_with_sinks_keeps_first_tokens_visible():
         assert set(visible[q].nonzero().flatten().tolist()) == expect
 
 
+def _cap_keys(n, window, sinks):
+    """Keys (q, k) a capped layer must see: causal, the last ``window`` keys or one of the first ``sinks``."""
+    q, k = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    return (k <= q) & ((k > q - window) | (k < sinks))
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_capped_sliding_layers_with_sinks_equal_an_explicit_mask(attn_implementation):
+    # 14 tokens > W + sinks: the sinks lie outside the trained window of the later queries and must stay visible
+    n, cap, sinks = 14, 3, 2
+    kw = dict(num_hidden_layers=2, attn_implementation=attn_implementation)
+    capped = tiny_model("S", eval_efficient_window=cap, eval_attention_sink_size=sinks, **kw)
+    plain = tiny_model("S", **kw)
+    ids = torch.randint(3, 128, (2, n), generator=torch.Generator().manual_seed(3))
+    allowed = _cap_keys(n, cap, sinks)
+    explicit = torch.zeros(1, 1, n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    narrowed = explicit.masked_fill(~(allowed & (torch.arange(n)[None, :] > torch.arange(n)[:, None] - W)),
+                                    torch.finfo(torch.float32).min)  # what the buggy cap computed
+    with torch.no_grad():
+        out = capped(ids, use_cache=False).logits
+        ref = plain(ids, attention_mask={"sliding_attention": explicit}, use_cache=False).logits
+        old = plain(ids, attention_mask={"sliding_attention": narrowed}, use_cache=False).logits
+    assert (out - ref).abs().max().item() <= 1e-5
+    assert (out[:, W + sinks :] - old[:, W + sinks :]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("pattern, field", [("F", "eval_full_attention_window"), ("S", "eval_efficient_window")])
+@pytest.mark.parametrize("cap", [3, 6])
+def test_capped_layer_attention_weights_cover_exactly_cap_and_sinks(pattern, field, cap):
+    n, sinks = 12, 2
+    model = tiny_model(pattern, num_hidden_layers=1, **{field: cap, "eval_attention_sink_size": sinks})
+    ids = torch.randint(3, 128, (1, n))
+    with torch.no_grad():
+        attn = model(ids, output_attentions=True).attentions[0][0]  # (heads, q, k)
+    local = min(cap, W) if pattern == "S" else cap  # a cap never widens a sliding layer beyond its window
+    allowed = _cap_keys(n, local, sinks).expand_as(attn)
+    assert torch.all(attn[allowed] > 0) and torch.all(attn[~allowed] == 0)
+    assert torch.all(attn[:, -1, :sinks] > 0)  # the sinks, W + sinks tokens back, stay visible
+
+
+@pytest.mark.parametrize("cap", [W, 2 * W])
+def test_sliding_cap_at_least_the_window_without_sinks_changes_nothing(cap):
+    capped = tiny_model("SF", eval_efficient_window=cap)
+    plain = tiny_model("SF")
+    ids = torch.randint(3, 128, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(capped(ids, use_cache=False).logits, plain(ids, use_cache=False).logits)
+
+
+@pytest.mark.parametrize("pattern, field", [("F", "eval_full_attention_window"), ("S", "eval_efficient_window")])
+def test_capped_layer_sinks_restart_with_each_packed_document(pattern, field):
+    model = tiny_model(pattern, num_hidden_layers=2, **{field: 2, "eval_attention_sink_size": 1})
+    a, b = torch.randint(3, 128, (1, 9)), torch.randint(3, 128, (1, 11))
+    pos = torch.cat([torch.arange(9), torch.arange(11)])[None]
+    with torch.no_grad():
+        packed = model(torch.cat([a, b], 1), position_ids=pos, use_cache=False).logits
+        alone = torch.cat([model(a, use_cache=False).logits, model(b, use_cache=False).logits], 1)
+    assert (packed - alone).abs().max().item() <= 1e-5
+
+
+def test_capped_sliding_layers_decode_with_the_sliding_cache():
+    model = tiny_model("SF", eval_efficient_window=3, eval_full_attention_window=6)
+    prompt = torch.randint(3, 128, (2, 7), generator=torch.Generator().manual_seed(1))
+    out = _generate_with_logits(model, prompt, 2 * W)
+    with torch.no_grad():
+        full = model(out.sequences, use_cache=False).logits
+    assert (torch.stack(out.logits, dim=1) - full[:, 6:-1]).abs().max().item() <= 1e-4
+    sinks = tiny_model("SF", eval_efficient_window=3, eval_attention_sink_size=1)
+    with pytest.raises(ValueError, match="use_cache=False"):
+        _generate_with_logits(sinks, prompt, 2)
+
+
+def test_static_cache_refuses_receptive_field_caps():
+    from hybrid_hf.modeling.static_cache import HybridStaticCache
+
+    model = tiny_model("SF", eval_full_attention_window=4)
+    cache = HybridStaticCache(model.config, batch_size=1, max_length=32, device="cpu", dtype=torch.float32)
+    with torch.no_grad(), pytest.raises(ValueError, match="HybridStaticCache"):
+        model(torch.randint(3, 128, (1, 5)), past_key_values=cache)
+
+
 def test_gradient_checkpointing_gives_same_gradients():
     ids = torch.randint(3, 128, (2, 12))
     grads = []

@@ -85,9 +85,20 @@ class HybridConfig(PreTrainedConfig):
         linear_conv_kernel_size: Short causal convolution width (GDN, Mamba-2).
         linear_chunk_size: Chunk length of the chunkwise-parallel reference path.
         linear_state_size: Mamba-2 SSM state size N.
-        eval_full_attention_window: Inference-time receptive-field cap for full-attention layers (``None``: off).
-        eval_efficient_window: Inference-time receptive-field cap for sliding layers (``None``: off).
-        eval_attention_sink_size: Number of leading tokens every capped layer keeps visible (attention sinks).
+        eval_full_attention_window: Inference-time receptive-field cap for full-attention layers (``None``: off):
+            query ``i`` attends to keys ``i-cap+1 .. i`` (the cap counts the current token, like
+            ``sliding_window``) plus the attention sinks.
+        eval_efficient_window: Inference-time receptive-field cap for sliding layers (``None``: off): query ``i``
+            attends to the last ``min(cap, sliding_window)`` keys (a cap never widens a sliding layer beyond its
+            trained window, so ``cap >= sliding_window`` without sinks changes nothing) plus the attention sinks,
+            which stay visible even when they lie outside the trained window.
+        eval_attention_sink_size: Number of leading positions every capped layer keeps visible (attention sinks;
+            ``0``: none); uncapped layers are unaffected. Counted from the start of the row, or of each document of
+            packed rows (restarting ``position_ids``); with left padding the first positions are padding, so pad
+            on the right. Sinks on a capped sliding layer need ``use_cache=False`` for steps after the first (the
+            sliding cache has dropped them). Caps and sinks are applied through the attention mask: they need
+            ``attn_implementation`` eager, sdpa or flex_attention, disable the fused kernels and are refused by
+            ``HybridStaticCache`` (``generate_fast``).
         attention_kernel: ``"auto"`` (default: on CUDA with the sdpa implementation, training and prefill use
             flash-attn window kernels if installed, else FlexAttention for sliding layers and cuDNN/flash SDPA for
             full layers), an explicit ``"flash_attn"``/``"flex"``/``"sdpa"``, or ``"transformers"`` to always use

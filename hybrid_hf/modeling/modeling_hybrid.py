@@ -368,7 +368,10 @@ class HybridPreTrainedModel(PreTrainedModel):
 
 
 def _receptive_field_cap(window: int, sinks: int) -> Callable:
-    """Mask function keeping the last ``window`` keys (incl. self) plus the first ``sinks`` tokens."""
+    """Mask function keeping the last ``window`` keys (incl. self) plus the first ``sinks`` tokens.
+
+    ANDed with the plain causal mask by ``HybridModel._mask_mapping``. Indices are row indices, except for packed
+    documents, where transformers remaps them to in-document positions (so every document keeps its own sinks)."""
 
     def cap(batch_idx: int, head_idx: int, q_idx: int, kv_idx: int) -> bool:
         return (kv_idx > q_idx - window) | (kv_idx < sinks)
@@ -445,9 +448,15 @@ class HybridModel(HybridPreTrainedModel):
             mapping["full_attention"] = create_causal_mask(**kwargs, **extra)
         if "sliding_attention" in types:
             cap = caps["sliding_attention"]
-            extra = {"and_mask_function": _receptive_field_cap(cap, cfg.eval_attention_sink_size)} if cap else {}
-            extra["layer_idx"] = cfg.layer_types.index("sliding_attention")
-            mapping["sliding_attention"] = create_sliding_window_causal_mask(**kwargs, **extra)
+            extra = {"layer_idx": cfg.layer_types.index("sliding_attention")}
+            if cap:
+                # Built on the plain causal mask, not the sliding one: ANDing the cap into the sliding mask would
+                # drop the sinks lying beyond the trained window. The local part never exceeds that window.
+                window = min(cap, cfg.sliding_window)
+                extra["and_mask_function"] = _receptive_field_cap(window, cfg.eval_attention_sink_size)
+                mapping["sliding_attention"] = create_causal_mask(**kwargs, **extra)
+            else:
+                mapping["sliding_attention"] = create_sliding_window_causal_mask(**kwargs, **extra)
         if "linear_attention" in types:
             mapping["linear_attention"] = attention_mask
         return mapping
@@ -529,6 +538,12 @@ class HybridModel(HybridPreTrainedModel):
                 )
             if output_attentions:
                 raise ValueError("output_attentions=True is not available with HybridStaticCache.")
+            if cfg.eval_full_attention_window is not None or cfg.eval_efficient_window is not None:
+                raise ValueError(
+                    "eval_full_attention_window/eval_efficient_window (receptive-field caps) are not applied by "
+                    "HybridStaticCache, which attends without masks: unset them, or decode with a DynamicCache "
+                    "(model.generate) or use_cache=False."
+                )
             mask_mapping = dict.fromkeys(cfg.layer_types)
         elif self._fused_attention_applies(inputs_embeds, attention_mask, past_key_values, bool(output_attentions)):
             cu = self._packed_boundaries(position_ids, inputs_embeds, attention_mask, past_key_values, kwargs)
