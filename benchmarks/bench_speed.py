@@ -31,6 +31,7 @@ from hybrid_hf.generation import generate_fast  # noqa: E402
 from hybrid_hf.modeling.attention_kernels import causal_attention, resolve_kernel  # noqa: E402
 
 PEAK_FLOPS = 790e12  # bf16 dense matmul measured on the H200 (KINDS.md); the baseline file uses the same
+TRAIN_CASES: list[str] | None = None
 RESULTS: list[dict] = []
 OUT: Path | None = None
 SMOKE = False
@@ -196,12 +197,16 @@ def train() -> None:
          {"position_encodings": {"full_attention": "nope", "sliding_attention": "rope"}}),
     ]
     for label, lt, w, extra in cases:
+        if TRAIN_CASES is not None and label not in TRAIN_CASES:
+            continue
         _train_run(f"transformers Qwen3 sdpa [{label}]", qwen3_model(lt, w), lt, w)
         cfg = ours_config(lt, w, fused_cross_entropy=True, **extra)
         _train_run(f"hybrid_hf kernels+fusedCE [{label}]", HybridForCausalLM(cfg), lt, w)
         if not SMOKE:
             _train_run(f"hybrid_hf kernels+fusedCE+compile [{label}]", HybridForCausalLM(cfg), lt, w, True)
     # GDN hybrid (1:1 with full attention) when the mixer is available
+    if TRAIN_CASES is not None and "1:1 GDN" not in TRAIN_CASES:
+        return
     lt = ["linear_attention", "full_attention"] * (n // 2)
     try:
         cfg = ours_config(lt, None, fused_cross_entropy=True, linear_attention_type="gated_deltanet")
@@ -429,7 +434,7 @@ def markdown(env: dict) -> str:
 
 
 def main() -> None:
-    global OUT, SMOKE
+    global OUT, SMOKE, TRAIN_CASES
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default: $OUT, else benchmarks/results; --smoke: a temporary folder)")
@@ -437,8 +442,10 @@ def main() -> None:
                         choices=["train", "prefill", "decode", "kernels"])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, to check the script itself")
     parser.add_argument("--tag", default="", help="suffix of the result file names")
+    parser.add_argument("--train-cases", nargs="+", choices=["3:1 SWA-512", "1:1 SWA-128 NoPE-full", "1:1 GDN"],
+                        help="train section: run only these cases (default: all)")
     args = parser.parse_args()
-    OUT, SMOKE = args.out, args.smoke
+    OUT, SMOKE, TRAIN_CASES = args.out, args.smoke, args.train_cases
     if OUT is None:
         OUT = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if SMOKE else Path(os.environ.get("OUT", "benchmarks/results"))
     OUT.mkdir(parents=True, exist_ok=True)
