@@ -38,6 +38,36 @@ def scalar_decay_recurrent(
     return torch.stack(out, dim=1).to(dtype), state
 
 
+def _chunks(chunk_size: int, *tensors: torch.Tensor) -> tuple[int, list[torch.Tensor]]:
+    """Zero-pad the time axis to whole chunks and reshape (B, T, H, ...) -> (B, H, N, C, ...), in fp32.
+
+    Padded tokens are neutral: zero keys/values/betas add nothing to the state and a zero log decay keeps it."""
+    t = tensors[0].shape[1]
+    pad = -t % chunk_size
+    out = []
+    for x in tensors:
+        x = x.float()
+        if pad:
+            x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
+        b, tp, h = x.shape[:3]
+        x = x.reshape(b, tp // chunk_size, chunk_size, h, *x.shape[3:])
+        out.append(x.permute(0, 3, 1, 2, *range(4, x.dim())))
+    return t, out
+
+
+def _unchunk(o: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, N, C, V) -> (B, T, H, V)."""
+    b, h, n, c, v = o.shape
+    return o.permute(0, 2, 3, 1, 4).reshape(b, n * c, h, v)[:, :t].to(dtype)
+
+
+def _intra_chunk_decay(gam: torch.Tensor, strict: bool = False) -> torch.Tensor:
+    """exp(gam_i - gam_j) for j <= i (j < i if ``strict``) inside each chunk, else 0. ``gam`` (..., C)."""
+    c = gam.shape[-1]
+    keep = torch.ones(c, c, dtype=torch.bool, device=gam.device).tril(-1 if strict else 0)
+    return (gam[..., :, None] - gam[..., None, :]).masked_fill(~keep, float("-inf")).exp()
+
+
 def scalar_decay_chunked(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -46,25 +76,24 @@ def scalar_decay_chunked(
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunkwise-parallel scalar-decay linear attention (quadratic inside a chunk, recurrent across chunks)."""
+    """Chunkwise-parallel scalar-decay linear attention, with no loop: quadratic inside every chunk at once, and the
+    state entering each chunk as a decay-weighted sum of the earlier chunks' contributions (one matmul)."""
     dtype = v.dtype
-    q, k, v, g = (t.float() for t in (q, k, v, g))
-    state = _zeros_state(q, v) if initial_state is None else initial_state.float()
-    outs = []
-    for s in range(0, q.shape[1], chunk_size):
-        qc, kc, vc = q[:, s : s + chunk_size], k[:, s : s + chunk_size], v[:, s : s + chunk_size]
-        gam = g[:, s : s + chunk_size].cumsum(1)  # (B, C, H) cumulative log decay inside the chunk
-        n = qc.shape[1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-        diff = (gam[:, :, None, :] - gam[:, None, :, :]).masked_fill(~causal[None, :, :, None], float("-inf"))
-        scores = torch.einsum("bihk,bjhk->bijh", qc, kc) * diff.exp()
-        intra = torch.einsum("bijh,bjhv->bihv", scores, vc)
-        inter = torch.einsum("bihk,bhkv->bihv", qc * gam.exp()[..., None], state)
-        outs.append(intra + inter)
-        last = gam[:, -1]  # (B, H)
-        weights = (last[:, None] - gam).exp()  # decay from each token to the chunk end
-        state = state * last.exp()[..., None, None] + torch.einsum("bjhk,bjhv->bhkv", kc * weights[..., None], vc)
-    return torch.cat(outs, dim=1).to(dtype), state
+    state0 = _zeros_state(q, v) if initial_state is None else initial_state.float()
+    t, (qc, kc, vc, gc) = _chunks(chunk_size, q, k, v, g)  # (B, H, N, C, ·); gc (B, H, N, C)
+    gam = gc.cumsum(-1)  # cumulative log decay inside each chunk
+    intra = (qc @ kc.transpose(-1, -2) * _intra_chunk_decay(gam)) @ vc
+    last = gam[..., -1]  # (B, H, N) log decay over each whole chunk
+    contrib = (kc * (last[..., None] - gam).exp()[..., None]).transpose(-1, -2) @ vc  # (B, H, N, K, V)
+    ends = last.cumsum(-1)  # log decay from the start to the end of chunk n
+    starts = ends - last  # ... to the start of chunk n
+    n = last.shape[-1]
+    before = torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-1)
+    weights = (starts[..., :, None] - ends[..., None, :]).masked_fill(~before, float("-inf")).exp()  # (B, H, N, N)
+    entering = torch.einsum("bhnm,bhmkv->bhnkv", weights, contrib) + starts.exp()[..., None, None] * state0[:, :, None]
+    o = intra + (qc * gam.exp()[..., None]) @ entering
+    final = entering[:, :, -1] * last[..., -1].exp()[..., None, None] + contrib[:, :, -1]
+    return _unchunk(o, t, dtype), final
 
 
 # ----------------------------------------------------------------------------------------- gated delta
@@ -102,37 +131,32 @@ def gated_delta_chunked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunkwise gated delta rule in the WY / UT-transform form (as used by fla and Qwen3-Next).
 
-    Inside a chunk the delta updates are folded into ``T = (I + tril(diag(beta) K K^T * decay, -1))^{-1}``, solved
-    by forward substitution; across chunks the state is carried recurrently.
+    Inside a chunk the delta updates are folded into ``T = (I + tril(diag(beta) K K^T * decay, -1))^{-1}``; every
+    chunk-local quantity is computed for all chunks at once (one batched triangular solve), and only the state is
+    carried across chunks in a short loop of three matmuls per chunk.
     """
     dtype = v.dtype
-    q, k, v, g, beta = (t.float() for t in (q, k, v, g, beta))
     state = _zeros_state(q, v) if initial_state is None else initial_state.float()
-    outs = []
-    for s in range(0, q.shape[1], chunk_size):
-        qc, kc, vc = (t[:, s : s + chunk_size].transpose(1, 2) for t in (q, k, v))  # (B, H, C, D)
-        bc = beta[:, s : s + chunk_size].transpose(1, 2)  # (B, H, C)
-        gam = g[:, s : s + chunk_size].transpose(1, 2).cumsum(-1)  # (B, H, C)
-        n = qc.shape[2]
-        lower = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-        decay = (gam[..., :, None] - gam[..., None, :]).masked_fill(~lower, float("-inf")).exp()  # (B,H,C,C)
-        k_beta = kc * bc[..., None]
-        # A = strictly-lower (beta_i k_i . k_j) decay_ij ; T = (I + A)^{-1} by forward substitution
-        a = (k_beta @ kc.transpose(-1, -2) * decay).masked_fill(lower.logical_not().logical_or(
-            torch.eye(n, dtype=torch.bool, device=q.device)), 0.0)
-        eye = torch.eye(n, device=q.device, dtype=torch.float32)
-        t_mat = torch.linalg.solve_triangular(eye + a, eye.expand_as(a), upper=False, unitriangular=True)
-        u = t_mat @ (vc * bc[..., None])  # pseudo-values of the chunk
-        w = t_mat @ (k_beta * gam.exp()[..., None])  # how the incoming state is read by each delta update
-        v_new = u - w @ state  # (B, H, C, V)
-        attn = (qc @ kc.transpose(-1, -2) * decay).masked_fill(~lower, 0.0)
-        o = (qc * gam.exp()[..., None]) @ state + attn @ v_new
-        outs.append(o.transpose(1, 2))
-        last = gam[..., -1]  # (B, H)
-        state = state * last.exp()[..., None, None] + (kc * (last[..., None] - gam).exp()[..., None]).transpose(
-            -1, -2
-        ) @ v_new
-    return torch.cat(outs, dim=1).to(dtype), state
+    t, (qc, kc, vc, gc, bc) = _chunks(chunk_size, q, k, v, g, beta)  # (B, H, N, C, ·); gc, bc (B, H, N, C)
+    gam = gc.cumsum(-1)
+    decay = _intra_chunk_decay(gam)
+    k_beta = kc * bc[..., None]
+    # A = strictly-lower (beta_i k_i . k_j) decay_ij ; T = (I + A)^{-1}
+    a = k_beta @ kc.transpose(-1, -2) * _intra_chunk_decay(gam, strict=True)
+    eye = torch.eye(chunk_size, device=q.device, dtype=torch.float32)
+    t_mat = torch.linalg.solve_triangular(eye + a, eye.expand_as(a), upper=False, unitriangular=True)
+    u = t_mat @ (vc * bc[..., None])  # pseudo-values of each chunk
+    w = t_mat @ (k_beta * gam.exp()[..., None])  # how the incoming state is read by each delta update
+    last = gam[..., -1]  # (B, H, N)
+    k_out = (kc * (last[..., None] - gam).exp()[..., None]).transpose(-1, -2)  # (B, H, N, K, C)
+    entering, v_new = [], []
+    for i in range(qc.shape[2]):
+        entering.append(state)
+        v_new.append(u[:, :, i] - w[:, :, i] @ state)
+        state = state * last[:, :, i].exp()[..., None, None] + k_out[:, :, i] @ v_new[-1]
+    entering_t, v_new_t = torch.stack(entering, dim=2), torch.stack(v_new, dim=2)
+    o = (qc * gam.exp()[..., None]) @ entering_t + (qc @ kc.transpose(-1, -2) * decay) @ v_new_t
+    return _unchunk(o, t, dtype), state
 
 
 # ------------------------------------------------------------------------------------------ short conv
