@@ -28,15 +28,24 @@ checkpoint, and retrieval heads are traced over the checkpoints (``hybrid_hf.ana
   python benchmarks/reproduction/run.py all --out $OUT --time-budget 300         # one H200, ~8 min
   python benchmarks/reproduction/run.py train --model swa128 --out DIR            # one model (what `all` spawns)
   python benchmarks/reproduction/run.py report --out DIR                          # rebuild the report from DIR/work
+  python benchmarks/reproduction/run.py all --out OUT1 --work W1 --seed 1        # another seed
+  python benchmarks/reproduction/run.py report --out C --work OUT0 OUT1          # combined over seeds
+
+``--seed`` (default 0, the runs made before it existed) sets model initialisation and the training data (order and
+sampling: needle values, keys and positions); the evaluation prompts stay the same for every seed.
 
 ``--out`` receives at most six files: report.md, reproduction.json, retrieval_emergence.png,
 length_generalization.png, niah_heatmaps.png, environment.json. Per-model results go to ``--work`` (default
-``OUT/../repro-work``).
+``OUT/../repro-work``); reproduction.json holds them too. ``report`` with several ``--work`` folders (each a work
+folder or a run's --out folder) writes a combined report (report.md, combined.json, combined_emergence.png,
+combined_length.png) with mean ± sample standard deviation over seeds of the formation steps, NIAH within/beyond
+the window and beyond the training length, and short-context loss.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -204,7 +213,8 @@ def evaluate_checkpoint(model, data: NeedleData, s: dict, seed: int = 99) -> dic
     dev = next(model.parameters()).device
     cfg = model.config
     window = cfg.sliding_window if "sliding_attention" in cfg.layer_types else None
-    out: dict = {"accuracy": {}, "accuracy_beyond_window": {}, "token_accuracy": {}}
+    out: dict = {"accuracy": {}, "accuracy_within_window": {}, "accuracy_beyond_window": {}, "n_beyond_window": {},
+                 "token_accuracy": {}}
     for n in s["eval_lengths"]:
         rng = random.Random(seed + n)
         smp = [data.eval_sample(n, rng, rng.random()) for _ in range(s["eval_samples"])]
@@ -223,7 +233,10 @@ def evaluate_checkpoint(model, data: NeedleData, s: dict, seed: int = 99) -> dic
         out["accuracy"][str(n)] = sum(hits) / len(hits)
         out["token_accuracy"][str(n)] = sum(tok_hits) / len(tok_hits)
         far = [h for h, b in zip(hits, beyond) if b]
+        near = [h for h, b in zip(hits, beyond) if not b]
         out["accuracy_beyond_window"][str(n)] = sum(far) / len(far) if far else None
+        out["accuracy_within_window"][str(n)] = (sum(near) / len(near) if near else None) if window else None
+        out["n_beyond_window"][str(n)] = len(far)
     rng = random.Random(seed)
     mass = copy = ent = None
     for _ in range(s["head_samples"]):
@@ -258,18 +271,18 @@ def _tensor(table: list[list[float | None]]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def train(name: str, work: Path, smoke: bool, time_budget: float, corpus: str | None) -> None:
+def train(name: str, work: Path, smoke: bool, time_budget: float, corpus: str | None, seed: int = 0) -> None:
     s = settings(smoke)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev == "cpu":  # the models train side by side: one thread each avoids oversubscribing the cores
         torch.set_num_threads(1)
     tok, natural = build_tokenizer(work, s["vocab"], corpus)
     data = NeedleData(tok, natural)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)  # model init (seed 0 reproduces the runs made before --seed existed)
     model = HybridForCausalLM(make_config(name, s, len(tok))).to(dev)
     n_params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
     opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=0.1, betas=(0.9, 0.95))
-    rng = random.Random(1234)  # identical data, in identical order, for every model
+    rng = random.Random(1234 + seed)  # identical data, in identical order, for every model of one seed
     curve, qk = [], []
     # dense early (retrieval heads can form within a few hundred steps), sparse later
     ckpt_steps = {x for x in range(s["every"], s["steps"] + 1, s["every"])
@@ -320,7 +333,8 @@ def train(name: str, work: Path, smoke: bool, time_budget: float, corpus: str | 
         print(json.dumps({"model": name, "suite_error": suite["error"]}), flush=True)
     window = model.config.sliding_window if "sliding_attention" in model.config.layer_types else None
     (work / f"{name}.json").write_text(json.dumps({
-        "model": name, "non_embedding_params": n_params, "window": window, "settings": s,
+        "model": name, "seed": seed, "non_embedding_params": n_params, "window": window, "settings": s,
+        "tokenizer_sha256": hashlib.sha256((work / "tokenizer" / "tokenizer.json").read_bytes()).hexdigest()[:16],
         "steps_done": curve[-1]["step"], "curve": curve, "suite": suite}))
 
 
@@ -342,10 +356,20 @@ def first_step(curve: list[dict], key: str, threshold: float) -> int | None:
     return next((c["step"] for c in curve if c[key] >= threshold), None)
 
 
-def report(out: Path, work: Path, models: list[str]) -> None:
-    results = {m: json.loads((work / f"{m}.json").read_text()) for m in models if (work / f"{m}.json").exists()}
+def load_results(src: Path, models: list[str]) -> dict:
+    """Per-model results of one run: from a --work folder (``MODEL.json``) or, where it has none, from an --out
+    folder's ``reproduction.json`` (which holds the same per-model results)."""
+    results = {m: json.loads((src / f"{m}.json").read_text()) for m in models if (src / f"{m}.json").exists()}
+    if not results and (src / "reproduction.json").exists():
+        saved = json.loads((src / "reproduction.json").read_text())["results"]
+        results = {m: saved[m] for m in models if m in saved}
     if not results:
-        raise SystemExit(f"no model results under {work}")
+        raise SystemExit(f"no model results under {src}")
+    return results
+
+
+def report(out: Path, work: Path, models: list[str]) -> None:
+    results = load_results(work, models)
     s = next(iter(results.values()))["settings"]
     for r in results.values():
         steps = [c["step"] for c in r["curve"]]
@@ -434,8 +458,9 @@ def _pct(v: float | None) -> str:
 def write_report(out: Path, s: dict, results: dict) -> None:
     lengths = [str(n) for n in s["eval_lengths"]]
     tl = str(s["train_len"])
+    seed = next(iter(results.values())).get("seed", 0)
     lines = ["# Small-scale reproduction: retrieval-head emergence (Large-Window Laziness) and NoPE", "",
-             f"Settings: `{json.dumps(s)}`", "",
+             f"Seed {seed}. Settings: `{json.dumps(s)}`", "",
              "## (a) Emergence: first checkpoint step at which the criterion holds (`-`: never)", "",
              "| model | window | non-emb params | steps | copy score >= 0.1 | mass >= 0.3 | mass >= 0.5 |"
              f" NIAH@{tl} >= 50% | final mass | final copy |", "|---" * 10 + "|"]
@@ -479,21 +504,11 @@ def write_report(out: Path, s: dict, results: dict) -> None:
 def reading(s: dict, results: dict) -> list[str]:
     """Plain statements of what the tables say about (a) and (b)."""
     out = []
-    swa = sorted((r["window"], name) for name, r in results.items()
-                 if r["window"] and name.startswith("swa") and not name.endswith("nope"))
-    onsets = [(w, name, first_step(results[name]["curve"], "max_copy_score_full", 0.1)) for w, name in swa]
+    onsets = swa_onsets(results)
     if len(onsets) >= 2:
         shown = ", ".join(f"W={w}: {'never' if st is None else st}" for w, _, st in onsets)
-        steps = [st if st is not None else math.inf for _, _, st in onsets]
-        if all(math.isinf(x) for x in steps):
-            verdict = "no SWA model formed a retrieval head (copy score >= 0.1) within the budget: (a) cannot be judged"
-        elif all(a <= b for a, b in zip(steps, steps[1:])) and steps[0] < steps[-1]:
-            verdict = "onset grows with the window, as Large-Window Laziness predicts"
-        elif all(a == steps[0] for a in steps):
-            verdict = "onset is the same for every window (checkpoint spacing may hide a difference)"
-        else:
-            verdict = "onset does not grow monotonically with the window"
-        out.append(f"- (a) first checkpoint with a full-layer copy-paste score >= 0.1: {shown} -> {verdict}.")
+        out.append(f"- (a) first checkpoint with a full-layer copy-paste score >= 0.1: {shown} -> "
+                   f"{onset_verdict([st for _, _, st in onsets])}.")
     if "swa128" in results and "swa128-nope" in results:
         rope, nope = results["swa128"]["curve"][-1], results["swa128-nope"]["curve"][-1]
         beyond = [str(n) for n in s["eval_lengths"] if n > s["train_len"]]
@@ -508,6 +523,213 @@ def reading(s: dict, results: dict) -> list[str]:
                    f"length (mean {100 * gain:+.0f} points) and {'hurts' if dloss > 0.02 else 'does not hurt'} "
                    "short-context loss (threshold 0.02 nats).")
     return out or ["- not enough models for (a) or (b)."]
+
+
+def swa_onsets(results: dict) -> list[tuple[int, str, int | None]]:
+    """(window, model, first step with a full-layer copy-paste score >= 0.1) for the RoPE SWA models, by window."""
+    swa = sorted((r["window"], name) for name, r in results.items()
+                 if r["window"] and name.startswith("swa") and not name.endswith("nope"))
+    return [(w, name, first_step(results[name]["curve"], "max_copy_score_full", 0.1)) for w, name in swa]
+
+
+def onset_verdict(onsets: list[int | None]) -> str:
+    steps = [st if st is not None else math.inf for st in onsets]
+    if all(math.isinf(x) for x in steps):
+        return "no SWA model formed a retrieval head (copy score >= 0.1) within the budget: (a) cannot be judged"
+    if all(a <= b for a, b in zip(steps, steps[1:])) and steps[0] < steps[-1]:
+        return "onset grows with the window, as Large-Window Laziness predicts"
+    if all(a == steps[0] for a in steps):
+        return "onset is the same for every window (checkpoint spacing may hide a difference)"
+    return "onset does not grow monotonically with the window"
+
+
+# ------------------------------------------------------------------------------------- report over seeds
+def key_numbers(r: dict, s: dict) -> dict:
+    """The numbers the combined report compares across seeds, for one model of one run."""
+    c, tl = r["curve"], str(s["train_len"])
+    last = c[-1]
+    beyond = [str(n) for n in s["eval_lengths"] if n > s["train_len"]]
+    acc = [{"step": x["step"], "a": x["accuracy"][tl]} for x in c]
+    return {
+        "steps_done": r["steps_done"],
+        "onset_copy_0.1": first_step(c, "max_copy_score_full", 0.1),
+        "onset_mass_0.3": first_step(c, "max_head_score_full", 0.3),
+        "onset_niah_50": first_step(acc, "a", 0.5),
+        "final_copy": last["max_copy_score_full"],
+        "final_mass": last["max_head_score_full"],
+        "niah_train_len": last["accuracy"][tl],
+        "niah_within_window": last.get("accuracy_within_window", {}).get(tl),
+        "niah_beyond_window": last["accuracy_beyond_window"][tl],
+        "niah_beyond_train_len": sum(last["accuracy"][n] for n in beyond) / len(beyond) if beyond else None,
+        "niah_by_length": {n: last["accuracy"][n] for n in last["accuracy"]},
+        "short_loss": last["short_loss"],
+    }
+
+
+def _mean_sd(vals: list[float]) -> tuple[float, float]:
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return m, sd
+
+
+def _cell(vals: list, kind: str, steps_done: list[int] | None = None) -> str:
+    """``mean ± sd [per seed]``; kind 'pct' (fractions as %), 'loss' (3 decimals) or 'step' (None = never formed,
+    shown as >steps done; no mean unless every seed formed)."""
+    if kind == "step":
+        seeds = ", ".join(str(v) if v is not None else f">{d}" for v, d in zip(vals, steps_done))
+        if any(v is None for v in vals):
+            formed = sum(v is not None for v in vals)
+            return f"{formed}/{len(vals)} formed [{seeds}]"
+        m, sd = _mean_sd(vals)
+        return f"{m:.0f} ± {sd:.0f} [{seeds}]"
+    if any(v is None for v in vals):
+        return "-"
+    scale, fmt = (100, "{:.0f}") if kind == "pct" else (1, "{:.3f}")
+    m, sd = _mean_sd([scale * v for v in vals])
+    return f"{fmt.format(m)} ± {fmt.format(sd)} [" + ", ".join(fmt.format(scale * v) for v in vals) + "]"
+
+
+def combined_report(out: Path, sources: list[Path], models: list[str]) -> None:
+    """Report over several runs (one per seed): mean ± sample standard deviation of the key numbers."""
+    runs = [load_results(src, models) for src in sources]
+    seeds = [next(iter(r.values())).get("seed", 0) for r in runs]
+    s = next(iter(runs[0].values()))["settings"]
+    notes = []
+    if len(set(seeds)) < len(seeds):
+        notes.append(f"- WARNING: repeated seeds {seeds}: the runs are not independent.")
+    if any(next(iter(r.values()))["settings"] != s for r in runs):
+        notes.append("- WARNING: the runs used different settings; only the first run's are shown.")
+    shas = {r.get("tokenizer_sha256") for run in runs for r in run.values()}
+    if len(shas) > 1:
+        notes.append(f"- WARNING: the runs used different tokenizers ({sorted(map(str, shas))}).")
+    names = [m for m in models if all(m in run for run in runs)]
+    keys = {m: [key_numbers(run[m], s) for run in runs] for m in names}
+    window = {m: runs[0][m]["window"] for m in names}
+    tl = str(s["train_len"])
+    lengths = [str(n) for n in s["eval_lengths"]]
+
+    def col(m: str, k: str) -> list:
+        return [x[k] for x in keys[m]]
+
+    lines = ["# Small-scale reproduction over seeds: retrieval-head emergence and NoPE", "",
+             f"Seeds {seeds} (runs: {', '.join(str(p) for p in sources)}). Each cell: mean ± sample standard "
+             "deviation over seeds [value of each seed, in seed order]. The evaluation prompts are the same for "
+             "every seed; the seed sets model initialisation and training data.", "",
+             f"Settings: `{json.dumps(s)}`", "", *notes, *([""] if notes else []),
+             "## (a) Emergence: first checkpoint step at which the criterion holds (>N: not by the last step N)", "",
+             f"| model | window | steps done | copy score >= 0.1 | mass >= 0.3 | NIAH@{tl} >= 50% | final copy |"
+             " final mass |", "|---" * 8 + "|"]
+    for m in names:
+        done = col(m, "steps_done")
+        lines.append(f"| {m} | {window[m] or '-'} | {', '.join(map(str, done))} | "
+                     + " | ".join(_cell(col(m, k), "step", done) for k in ("onset_copy_0.1", "onset_mass_0.3",
+                                                                             "onset_niah_50"))
+                     + f" | {_cell(col(m, 'final_copy'), 'loss')} | {_cell(col(m, 'final_mass'), 'loss')} |")
+    lines += ["", "## (b) Final checkpoint: NIAH (teacher-forced exact match %) and short-context loss", "",
+              f"| model | window | NIAH@{tl} | within window @{tl} | beyond window @{tl} | beyond training length "
+              f"(mean of {', '.join(n for n in lengths if int(n) > s['train_len'])}) | short loss |",
+              "|---" * 7 + "|"]
+    for m in names:
+        lines.append(f"| {m} | {window[m] or '-'} | " + " | ".join(
+            _cell(col(m, k), "pct") for k in ("niah_train_len", "niah_within_window", "niah_beyond_window",
+                                              "niah_beyond_train_len")) + f" | {_cell(col(m, 'short_loss'), 'loss')} |")
+    lines += ["", "NIAH by length (all needles, %):", "", "| model | " + " | ".join(lengths) + " |",
+              "|---" * (len(lengths) + 1) + "|"]
+    for m in names:
+        lines.append(f"| {m} | " + " | ".join(_cell([x["niah_by_length"][n] for x in keys[m]], "pct")
+                                              for n in lengths) + " |")
+    lines += ["", "## Automatic reading over seeds", ""] + combined_reading(s, runs, seeds, keys)
+    lines += ["", "![emergence](combined_emergence.png)", "", "![length](combined_length.png)", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    envs = [json.loads((p / "environment.json").read_text()) if (p / "environment.json").exists() else None
+            for p in sources]
+    (out / "combined.json").write_text(json.dumps({"seeds": seeds, "sources": [str(p) for p in sources],
+                                                   "settings": s, "windows": window, "key_numbers": keys,
+                                                   "environments": envs}, indent=1))
+    combined_plots(out, s, runs, seeds, names)
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+def combined_reading(s: dict, runs: list[dict], seeds: list[int], keys: dict) -> list[str]:
+    out = []
+    verdicts = []
+    for seed, run in zip(seeds, runs):
+        onsets = swa_onsets(run)
+        if len(onsets) >= 2:
+            v = onset_verdict([st for _, _, st in onsets])
+            verdicts.append(v)
+            shown = ", ".join(f"W={w}: {'never' if st is None else st}" for w, _, st in onsets)
+            out.append(f"- (a) seed {seed}: first step with copy score >= 0.1: {shown} -> {v}.")
+    if verdicts:
+        grows = sum(v.startswith("onset grows") for v in verdicts)
+        out.append(f"- (a) over seeds: the onset grows with the window in {grows} of {len(verdicts)} seeds.")
+    if "swa128" in keys and "swa128-nope" in keys:
+        gain = [n["niah_beyond_train_len"] - r["niah_beyond_train_len"]
+                for r, n in zip(keys["swa128"], keys["swa128-nope"])]
+        dloss = [n["short_loss"] - r["short_loss"] for r, n in zip(keys["swa128"], keys["swa128-nope"])]
+        g, gsd = _mean_sd(gain)
+        d, dsd = _mean_sd(dloss)
+        raises = g > 0.05 and all(x > 0 for x in gain)
+        out.append(f"- (b) NoPE minus RoPE (swa128), NIAH beyond the training length: {100 * g:+.0f} ± {100 * gsd:.0f}"
+                   f" points [{', '.join(f'{100 * x:+.0f}' for x in gain)}]; short-context loss {d:+.3f} ± {dsd:.3f}"
+                   f" [{', '.join(f'{x:+.3f}' for x in dloss)}] -> NoPE "
+                   f"{'raises' if raises else 'does not consistently raise'} NIAH beyond the training length (mean "
+                   f"> 5 points and positive in every seed) and {'hurts' if d > 0.02 else 'does not hurt'} "
+                   "short-context loss (mean threshold 0.02 nats).")
+    return out or ["- not enough models for (a) or (b)."]
+
+
+def combined_plots(out: Path, s: dict, runs: list[dict], seeds: list[int], names: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tl = str(s["train_len"])
+    colors = {m: f"C{i}" for i, m in enumerate(names)}
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for i, (seed, run) in enumerate(zip(seeds, runs)):
+        for m in names:
+            c = run[m]["curve"]
+            steps = [x["step"] for x in c]
+            label = f"{m} (W={run[m]['window']})" if run[m]["window"] else m
+            kw = dict(color=colors[m], ls=styles[i % len(styles)], lw=1.2, label=f"{label}, seed {seed}")
+            axes[0].plot(steps, [x["max_copy_score_full"] for x in c], **kw)
+            axes[1].plot(steps, [x["max_head_score_full"] for x in c], **kw)
+            axes[2].plot(steps, [x["accuracy"][tl] for x in c], **kw)
+    titles = ["Wu et al. copy-paste score, teacher-forced (max over full layers)",
+              "paper score: attention mass on the answer (max over full layers)",
+              f"single-needle NIAH exact match at {tl} tokens"]
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(0.1, color="grey", ls="--", lw=0.8)
+    axes[2].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "combined_emergence.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in names:
+        acc = np.array([[run[m]["curve"][-1]["accuracy"][str(n)] for n in s["eval_lengths"]] for run in runs])
+        mean = acc.mean(0)
+        ax.errorbar(s["eval_lengths"], mean, yerr=[mean - acc.min(0), acc.max(0) - mean], marker="o", capsize=3,
+                    label=m, color=colors[m])
+    ax.axvline(s["train_len"], color="grey", ls="--", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens); dashed: training length")
+    ax.set_ylabel("NIAH exact match, final checkpoint")
+    ax.set_title(f"mean over seeds {seeds}; bars: min to max", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "combined_length.png", dpi=100)
+    plt.close(fig)
 
 
 def environment() -> dict:
@@ -526,17 +748,28 @@ def main() -> None:
     parser.add_argument("--model", choices=MODELS, help="model to train (command train)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--out", type=Path, required=True, help="folder for the report, JSON and plots")
-    parser.add_argument("--work", type=Path, help="folder for the tokenizer and per-model results")
+    parser.add_argument("--work", type=Path, nargs="+",
+                        help="folder for the tokenizer and per-model results; command report also takes several "
+                             "(one per seed; a run's --out folder with its reproduction.json works too) and then "
+                             "writes a combined report with mean ± sd over seeds")
     parser.add_argument("--corpus", help="text/.jsonl file of natural text: half the training haystacks use it")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run of the whole pipeline")
     parser.add_argument("--time-budget", type=float, default=float("inf"),
                         help="seconds of training per model (evaluation excluded) before it stops early")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="model initialisation and training data (order and sampling); evaluation prompts are "
+                             "the same for every seed")
     args = parser.parse_args()
-    work = args.work or args.out.resolve().parent / "repro-work"
+    if args.work and len(args.work) > 1:
+        if args.command != "report":
+            parser.error("several --work folders only with command report")
+        combined_report(args.out, args.work, args.models)
+        return
+    work = args.work[0] if args.work else args.out.resolve().parent / "repro-work"
     args.out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     if args.command == "train":
-        train(args.model, work, args.smoke, args.time_budget, args.corpus)
+        train(args.model, work, args.smoke, args.time_budget, args.corpus, args.seed)
         return
     if args.command == "all":
         t0 = time.time()
@@ -544,10 +777,11 @@ def main() -> None:
         extra = ["--smoke"] if args.smoke else []
         extra += ["--corpus", args.corpus] if args.corpus else []
         procs = [subprocess.Popen([sys.executable, __file__, "train", "--model", m, "--out", str(args.out),
-                                   "--work", str(work), "--time-budget", str(args.time_budget)] + extra)
+                                   "--work", str(work), "--time-budget", str(args.time_budget),
+                                   "--seed", str(args.seed)] + extra)
                  for m in args.models]
         codes = dict(zip(args.models, (p.wait() for p in procs)))
-        env = {**environment(), "exit_codes": codes, "wall_s": round(time.time() - t0, 1)}
+        env = {**environment(), "seed": args.seed, "exit_codes": codes, "wall_s": round(time.time() - t0, 1)}
         (args.out / "environment.json").write_text(json.dumps(env, indent=1))
     report(args.out, work, args.models)
 
