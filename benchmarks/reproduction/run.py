@@ -200,7 +200,8 @@ def make_config(name: str, s: dict, vocab: int) -> HybridConfig:
                 num_attention_heads=s["heads"])
     kwargs = {**size, **PRESETS[name]}
     if "sliding_window" in kwargs:  # the paper's window as a share of its 16K training context
-        kwargs["sliding_window"] = max(4, kwargs["sliding_window"] * s["train_len"] // PAPER_CONTEXT)
+        scaled = kwargs["sliding_window"] * s["train_len"] * s.get("window_scale", 1.0) / PAPER_CONTEXT
+        kwargs["sliding_window"] = max(4, int(scaled))
     if "linear_attention_type" in kwargs:
         kwargs.update(_linear_mixer_sizes(kwargs["linear_attention_type"], size))
     return HybridConfig(vocab_size=vocab, max_position_embeddings=8 * s["train_len"], pad_token_id=0,
@@ -271,8 +272,9 @@ def _tensor(table: list[list[float | None]]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def train(name: str, work: Path, smoke: bool, time_budget: float, corpus: str | None, seed: int = 0) -> None:
-    s = settings(smoke)
+def train(name: str, work: Path, smoke: bool, time_budget: float, corpus: str | None, seed: int = 0,
+          window_scale: float = 1.0) -> None:
+    s = {**settings(smoke), "window_scale": window_scale}
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev == "cpu":  # the models train side by side: one thread each avoids oversubscribing the cores
         torch.set_num_threads(1)
@@ -766,7 +768,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="model initialisation and training data (order and sampling); evaluation prompts are "
                              "the same for every seed")
+    parser.add_argument("--window-scale", type=float, default=1.0,
+                        help="multiply the scaled windows (e.g. 4: 32/128/512 of 1024 instead of 8/32/128)")
     args = parser.parse_args()
+    if args.window_scale <= 0:
+        parser.error(f"--window-scale must be > 0, got {args.window_scale}")
     if args.work and len(args.work) > 1:
         if args.command != "report":
             parser.error("several --work folders only with command report")
@@ -776,7 +782,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     if args.command == "train":
-        train(args.model, work, args.smoke, args.time_budget, args.corpus, args.seed)
+        train(args.model, work, args.smoke, args.time_budget, args.corpus, args.seed, args.window_scale)
         return
     if args.command == "all":
         t0 = time.time()
@@ -785,7 +791,7 @@ def main() -> None:
         extra += ["--corpus", args.corpus] if args.corpus else []
         procs = [subprocess.Popen([sys.executable, __file__, "train", "--model", m, "--out", str(args.out),
                                    "--work", str(work), "--time-budget", str(args.time_budget),
-                                   "--seed", str(args.seed)] + extra)
+                                   "--seed", str(args.seed), "--window-scale", str(args.window_scale)] + extra)
                  for m in args.models]
         codes = dict(zip(args.models, (p.wait() for p in procs)))
         env = {**environment(), "seed": args.seed, "exit_codes": codes, "wall_s": round(time.time() - t0, 1)}
