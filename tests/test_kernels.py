@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 import torch
 from conftest import tiny_config, tiny_model
@@ -195,3 +198,62 @@ def test_generate_fast_rejects_bad_input():
         generate_fast(model, torch.ones(1, 3, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="cuda_graph"):
         generate_fast(model, torch.ones(1, 3, dtype=torch.long), 2, cuda_graph=True)
+
+
+def _fake_flash_attn_module() -> types.ModuleType:
+    """flash-attn 2's documented interface, in plain PyTorch: (B, T, H, D) layout, GQA by head-count ratio,
+    ``window_size=(left, right)`` with query i (bottom-right aligned) seeing keys [i - left, i + right], and
+    ``flash_attn_varlen_func`` over (total, H, D) tokens split by int32 ``cu_seqlens``."""
+
+    def attend(q, k, v, softmax_scale, causal, window_size):
+        tq, tk = q.shape[0], k.shape[0]
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+        i = torch.arange(tq)[:, None] + (tk - tq)
+        j = torch.arange(tk)[None, :]
+        left, right = window_size
+        keep = j <= i if causal else torch.ones(tq, tk, dtype=torch.bool)
+        if left >= 0:
+            keep = keep & (j >= i - left)
+        if right >= 0:
+            keep = keep & (j <= i + right)
+        scores = torch.einsum("qhd,khd->hqk", q, k) * softmax_scale
+        probs = scores.masked_fill(~keep, float("-inf")).softmax(-1)
+        return torch.einsum("hqk,khd->qhd", probs, v)
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1)):
+        return torch.stack([attend(q[b], k[b], v[b], softmax_scale, causal, window_size) for b in range(q.shape[0])])
+
+    def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=None, causal=False,
+                               window_size=(-1, -1)):
+        assert cu_q.dtype == torch.int32 and cu_k.dtype == torch.int32
+        assert max_q == int((cu_q[1:] - cu_q[:-1]).max())
+        bounds = cu_q.tolist()
+        return torch.cat([attend(q[s:e], k[s:e], v[s:e], softmax_scale, causal, window_size)
+                          for s, e in zip(bounds[:-1], bounds[1:])])
+
+    module = types.ModuleType("flash_attn")
+    module.flash_attn_func, module.flash_attn_varlen_func = flash_attn_func, flash_attn_varlen_func
+    return module
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_flash_attn_dispatch_follows_the_documented_interface(monkeypatch, window):
+    """The flash-attn branch (CUDA only in practice) passes layout, window and varlen arguments as flash-attn 2
+    documents them: against a plain-PyTorch stand-in of that interface it equals the SDPA path."""
+    from hybrid_hf.modeling.attention_kernels import causal_attention
+
+    monkeypatch.setitem(sys.modules, "flash_attn", _fake_flash_attn_module())
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 12, 8), torch.randn(2, 2, 12, 8), torch.randn(2, 2, 12, 8)
+    ref = causal_attention(q, k, v, window=window, scale=0.3, kernel="sdpa")
+    out = causal_attention(q, k, v, window=window, scale=0.3, kernel="flash_attn")
+    assert (out - ref).abs().max().item() <= 1e-5
+    # chunked prefill: 5 new queries over 12 keys (queries are the last positions)
+    ref = causal_attention(q[:, :, -5:], k, v, window=window, scale=0.3, kernel="sdpa")
+    out = causal_attention(q[:, :, -5:], k, v, window=window, scale=0.3, kernel="flash_attn")
+    assert (out - ref).abs().max().item() <= 1e-5
+    # packed documents: boundaries at 0, 5, 12 (row 0) and 12, 19, 24 (row 1, flattened)
+    cu = torch.tensor([0, 5, 12, 19, 24], dtype=torch.int32)
+    ref = causal_attention(q, k, v, window=window, scale=0.3, kernel="sdpa", cu_seqlens=cu)
+    out = causal_attention(q, k, v, window=window, scale=0.3, kernel="flash_attn", cu_seqlens=cu)
+    assert (out - ref).abs().max().item() <= 1e-5
