@@ -270,6 +270,23 @@ def test_capped_layer_sinks_restart_with_each_packed_document(pattern, field):
     assert (packed - alone).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("pattern, field", [("F", "eval_full_attention_window"), ("S", "eval_efficient_window")])
+def test_capped_layer_sinks_skip_left_padding(pattern, field, attn_implementation):
+    model = tiny_model(pattern, num_hidden_layers=2, attn_implementation=attn_implementation,
+                       **{field: 3, "eval_attention_sink_size": 2})
+    long, short = torch.randint(3, 128, (1, 14)), torch.randint(3, 128, (1, 10))
+    ids = torch.cat([long, torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1)])
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    with torch.no_grad():
+        batched = model(ids, attention_mask=mask, use_cache=False).logits
+        alone = model(short, use_cache=False).logits
+        first = model(long, use_cache=False).logits
+    assert (batched[1, 4:] - alone[0]).abs().max().item() <= 1e-5
+    assert (batched[0] - first[0]).abs().max().item() <= 1e-5
+
+
 def test_capped_sliding_layers_decode_with_the_sliding_cache():
     model = tiny_model("SF", eval_efficient_window=3, eval_full_attention_window=6)
     prompt = torch.randint(3, 128, (2, 7), generator=torch.Generator().manual_seed(1))

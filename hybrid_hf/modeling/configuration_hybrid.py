@@ -93,9 +93,9 @@ class HybridConfig(PreTrainedConfig):
             trained window, so ``cap >= sliding_window`` without sinks changes nothing) plus the attention sinks,
             which stay visible even when they lie outside the trained window.
         eval_attention_sink_size: Number of leading positions every capped layer keeps visible (attention sinks;
-            ``0``: none); uncapped layers are unaffected. Counted from the start of the row, or of each document of
-            packed rows (restarting ``position_ids``); with left padding the first positions are padding, so pad
-            on the right. Sinks on a capped sliding layer need ``use_cache=False`` for steps after the first (the
+            ``0``: none); uncapped layers are unaffected. Counted from the first real token of the row (left
+            padding in ``attention_mask`` is skipped), or of each document of packed rows (restarting
+            ``position_ids``). Sinks on a capped sliding layer need ``use_cache=False`` for steps after the first (the
             sliding cache has dropped them). Caps and sinks are applied through the attention mask: they need
             ``attn_implementation`` eager, sdpa or flex_attention, disable the fused kernels and are refused by
             ``HybridStaticCache`` (``generate_fast``).

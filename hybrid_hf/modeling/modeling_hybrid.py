@@ -367,14 +367,16 @@ class HybridPreTrainedModel(PreTrainedModel):
             module.reset_mixer_parameters()
 
 
-def _receptive_field_cap(window: int, sinks: int) -> Callable:
+def _receptive_field_cap(window: int, sinks: int, row_start: torch.Tensor | None = None) -> Callable:
     """Mask function keeping the last ``window`` keys (incl. self) plus the first ``sinks`` tokens.
 
     ANDed with the plain causal mask by ``HybridModel._mask_mapping``. Indices are row indices, except for packed
-    documents, where transformers remaps them to in-document positions (so every document keeps its own sinks)."""
+    documents, where transformers remaps them to in-document positions (so every document keeps its own sinks).
+    ``row_start`` (B,) holds each row's first real key (left padding), from which the sinks are counted."""
 
     def cap(batch_idx: int, head_idx: int, q_idx: int, kv_idx: int) -> bool:
-        return (kv_idx > q_idx - window) | (kv_idx < sinks)
+        first = kv_idx if row_start is None else kv_idx - row_start[batch_idx]
+        return (kv_idx > q_idx - window) | (first < sinks)
 
     return cap
 
@@ -439,9 +441,14 @@ class HybridModel(HybridPreTrainedModel):
                 )
         mapping: dict[str, Any] = {}
         types = set(cfg.layer_types)
+        row_start = None  # sinks count from each row's first real token: skip left padding
+        if cfg.eval_attention_sink_size and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+            row_start = (attention_mask.cumsum(-1) == 0).sum(-1)
         if "full_attention" in types:
             cap = caps["full_attention"]
-            extra = {"and_mask_function": _receptive_field_cap(cap, cfg.eval_attention_sink_size)} if cap else {}
+            extra = (
+                {"and_mask_function": _receptive_field_cap(cap, cfg.eval_attention_sink_size, row_start)} if cap else {}
+            )
             # the cache layer that sizes the mask is named explicitly: older transformers picked the first
             # non-sliding layer, which may be a recurrent one
             extra["layer_idx"] = cfg.layer_types.index("full_attention")
@@ -453,7 +460,7 @@ class HybridModel(HybridPreTrainedModel):
                 # Built on the plain causal mask, not the sliding one: ANDing the cap into the sliding mask would
                 # drop the sinks lying beyond the trained window. The local part never exceeds that window.
                 window = min(cap, cfg.sliding_window)
-                extra["and_mask_function"] = _receptive_field_cap(window, cfg.eval_attention_sink_size)
+                extra["and_mask_function"] = _receptive_field_cap(window, cfg.eval_attention_sink_size, row_start)
                 mapping["sliding_attention"] = create_causal_mask(**kwargs, **extra)
             else:
                 mapping["sliding_attention"] = create_sliding_window_causal_mask(**kwargs, **extra)
