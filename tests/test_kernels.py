@@ -164,6 +164,15 @@ def test_generate_fast_reuses_buffers_across_calls_and_tracks_weight_changes():
     assert model not in _STATE
 
 
+def test_static_cache_refuses_prompts_beyond_max_length():
+    from hybrid_hf.modeling.static_cache import HybridStaticCache
+
+    model = tiny_model("SF")
+    cache = HybridStaticCache(model.config, batch_size=1, max_length=10, device="cpu", dtype=torch.float32)
+    with torch.no_grad(), pytest.raises(ValueError, match="12 tokens exceed max_length=10"):
+        model(torch.randint(3, 128, (1, 12)), past_key_values=cache, use_cache=True)
+
+
 def test_static_cache_sliding_layers_hold_exactly_the_window():
     from hybrid_hf.modeling.static_cache import HybridStaticCache
 

@@ -117,7 +117,7 @@ def _decode_step(model: HybridForCausalLM, layers: list[nn.Module], tokens: torc
 
 
 def _session(state: _DecodeState, model: HybridForCausalLM, layers: list[nn.Module], batch: int, max_length: int,
-             device: torch.device, dtype: torch.dtype, cuda_graph: bool, compile: Any) -> _Session:
+             device: torch.device, dtype: torch.dtype) -> _Session:
     """A fresh static cache, or (attention-only models) the one of the last call with the same buffer shapes,
     together with its captured decode step: capturing costs about as much as tens of decode steps."""
     cfg = model.config
@@ -130,7 +130,7 @@ def _session(state: _DecodeState, model: HybridForCausalLM, layers: list[nn.Modu
     if "linear_attention" in cfg.layer_types:  # recurrent state is not reset in place
         return new()
     shapes = HybridStaticCache.buffer_shapes(cfg, max_length)
-    key = (batch, shapes, dtype, str(device), cuda_graph, repr(compile), id(layers))
+    key = (batch, shapes, dtype, str(device), id(layers))  # the layers stand for the compile options
     session = state.sessions.get(key)
     if session is None:
         state.sessions.clear()  # one live session per model: its buffers hold a whole context
@@ -207,7 +207,7 @@ def generate_fast(
         raise ValueError("generate_fast: cuda_graph=True needs the model and inputs on CUDA.")
     state = _state(model)
     layers = _decode_layers(state, model, _compile_options(compile, device))
-    session = _session(state, model, layers, batch, prompt_len + max_new_tokens, device, dtype, cuda_graph, compile)
+    session = _session(state, model, layers, batch, prompt_len + max_new_tokens, device, dtype)
     cache = session.cache
 
     logits = None

@@ -93,9 +93,12 @@ def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor | N
 
 
 # --------------------------------------------------------------------------------------------- decode
+DECODE_SPLIT = 1024  # keys per split-K part of the decode attention; full-layer decode buffers round up to it
+
+
 def decode_attention(
     q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scale: float,
-    split_size: int = 1024,
+    split_size: int = DECODE_SPLIT,
 ) -> torch.Tensor:
     """One query per row against a preallocated key buffer (the decode step of ``HybridStaticCache``).
 

@@ -61,11 +61,17 @@ def _unchunk(o: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:
     return o.permute(0, 2, 3, 1, 4).reshape(b, n * c, h, v)[:, :t].to(dtype)
 
 
-def _intra_chunk_decay(gam: torch.Tensor, strict: bool = False) -> torch.Tensor:
-    """exp(gam_i - gam_j) for j <= i (j < i if ``strict``) inside each chunk, else 0. ``gam`` (..., C)."""
-    c = gam.shape[-1]
-    keep = torch.ones(c, c, dtype=torch.bool, device=gam.device).tril(-1 if strict else 0)
-    return (gam[..., :, None] - gam[..., None, :]).masked_fill(~keep, float("-inf")).exp()
+def _decay(to: torch.Tensor, since: torch.Tensor, strict: bool = False) -> torch.Tensor:
+    """exp(to_i - since_j) for j <= i (j < i if ``strict``), else 0: the decay from point j to point i, given
+    cumulative log decays ``to``, ``since`` (..., L)."""
+    n = to.shape[-1]
+    keep = torch.ones(n, n, dtype=torch.bool, device=to.device).tril(-1 if strict else 0)
+    return (to[..., :, None] - since[..., None, :]).masked_fill(~keep, float("-inf")).exp()
+
+
+def _keys_to_chunk_end(kc: torch.Tensor, gam: torch.Tensor) -> torch.Tensor:
+    """Keys (B, H, N, C, K) decayed to the end of their chunk, transposed to (B, H, N, K, C)."""
+    return (kc * (gam[..., -1:] - gam).exp()[..., None]).transpose(-1, -2)
 
 
 def scalar_decay_chunked(
@@ -82,14 +88,12 @@ def scalar_decay_chunked(
     state0 = _zeros_state(q, v) if initial_state is None else initial_state.float()
     t, (qc, kc, vc, gc) = _chunks(chunk_size, q, k, v, g)  # (B, H, N, C, ·); gc (B, H, N, C)
     gam = gc.cumsum(-1)  # cumulative log decay inside each chunk
-    intra = (qc @ kc.transpose(-1, -2) * _intra_chunk_decay(gam)) @ vc
+    intra = (qc @ kc.transpose(-1, -2) * _decay(gam, gam)) @ vc
     last = gam[..., -1]  # (B, H, N) log decay over each whole chunk
-    contrib = (kc * (last[..., None] - gam).exp()[..., None]).transpose(-1, -2) @ vc  # (B, H, N, K, V)
+    contrib = _keys_to_chunk_end(kc, gam) @ vc  # (B, H, N, K, V)
     ends = last.cumsum(-1)  # log decay from the start to the end of chunk n
     starts = ends - last  # ... to the start of chunk n
-    n = last.shape[-1]
-    before = torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-1)
-    weights = (starts[..., :, None] - ends[..., None, :]).masked_fill(~before, float("-inf")).exp()  # (B, H, N, N)
+    weights = _decay(starts, ends, strict=True)  # (B, H, N, N): from the end of chunk m to the start of chunk n
     entering = torch.einsum("bhnm,bhmkv->bhnkv", weights, contrib) + starts.exp()[..., None, None] * state0[:, :, None]
     o = intra + (qc * gam.exp()[..., None]) @ entering
     final = entering[:, :, -1] * last[..., -1].exp()[..., None, None] + contrib[:, :, -1]
@@ -139,16 +143,16 @@ def gated_delta_chunked(
     state = _zeros_state(q, v) if initial_state is None else initial_state.float()
     t, (qc, kc, vc, gc, bc) = _chunks(chunk_size, q, k, v, g, beta)  # (B, H, N, C, ·); gc, bc (B, H, N, C)
     gam = gc.cumsum(-1)
-    decay = _intra_chunk_decay(gam)
+    decay = _decay(gam, gam)
     k_beta = kc * bc[..., None]
     # A = strictly-lower (beta_i k_i . k_j) decay_ij ; T = (I + A)^{-1}
-    a = k_beta @ kc.transpose(-1, -2) * _intra_chunk_decay(gam, strict=True)
+    a = k_beta @ kc.transpose(-1, -2) * _decay(gam, gam, strict=True)
     eye = torch.eye(chunk_size, device=q.device, dtype=torch.float32)
     t_mat = torch.linalg.solve_triangular(eye + a, eye.expand_as(a), upper=False, unitriangular=True)
     u = t_mat @ (vc * bc[..., None])  # pseudo-values of each chunk
     w = t_mat @ (k_beta * gam.exp()[..., None])  # how the incoming state is read by each delta update
     last = gam[..., -1]  # (B, H, N)
-    k_out = (kc * (last[..., None] - gam).exp()[..., None]).transpose(-1, -2)  # (B, H, N, K, C)
+    k_out = _keys_to_chunk_end(kc, gam)
     entering, v_new = [], []
     for i in range(qc.shape[2]):
         entering.append(state)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, LinearAttentionLayer
 
-from .attention_kernels import causal_attention, decode_attention
+from .attention_kernels import DECODE_SPLIT, causal_attention, decode_attention
 from .configuration_hybrid import HybridConfig
 
 
@@ -24,9 +24,8 @@ class _StaticAttentionLayer(CacheLayerMixin):
     is_sliding = False
 
     def __init__(self, batch_size: int, num_kv_heads: int, head_dim: int, capacity: int, window: int | None,
-                 device: torch.device, dtype: torch.dtype, max_length: int | None = None) -> None:
+                 device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
-        self.max_length = capacity if max_length is None else max_length
         self.window = window
         self.is_sliding = window is not None
         self.capacity = capacity
@@ -71,8 +70,6 @@ class _StaticAttentionLayer(CacheLayerMixin):
             out = causal_attention(q, keys, values, window=self.window, scale=scale, kernel=kernel)
             self.write(k, v, positions)
             return out
-        if start + n > self.max_length:
-            raise ValueError(f"HybridStaticCache: {start + n} tokens exceed max_length={self.max_length}.")
         self.write(k, v, positions)
         keys, values = self.keys[:, :, : start + n], self.values[:, :, : start + n]
         return causal_attention(q, keys, values, window=None, scale=scale, kernel=kernel)
@@ -90,7 +87,8 @@ class HybridStaticCache(Cache):
     Args:
         config: the model's ``HybridConfig``.
         batch_size: rows decoded together (equal prompt lengths).
-        max_length: prompt plus new tokens; full-attention layers preallocate this many keys (rounded up to 1024).
+        max_length: prompt plus new tokens; full-attention layers preallocate this many keys (rounded up to whole
+            decode splits).
         device, dtype: where and how keys/values live.
     """
 
@@ -105,7 +103,7 @@ class HybridStaticCache(Cache):
                 window = config.sliding_window if t == "sliding_attention" else None
                 layers.append(
                     _StaticAttentionLayer(batch_size, config.num_key_value_heads, config.head_dim, capacity, window,
-                                          device, dtype, max_length)
+                                          device, dtype)
                 )
         super().__init__(layers=layers)
         self.config = config
@@ -120,7 +118,7 @@ class HybridStaticCache(Cache):
         return tuple(
             None if t == "linear_attention"
             else min(config.sliding_window, max_length) if t == "sliding_attention"
-            else -(-max_length // 1024) * 1024
+            else -(-max_length // DECODE_SPLIT) * DECODE_SPLIT
             for t in config.layer_types
         )
 
@@ -134,8 +132,6 @@ class HybridStaticCache(Cache):
         if self.buffer_shapes(self.config, max_length) != self.buffer_shapes(self.config, self.max_length):
             raise ValueError(f"HybridStaticCache.restart: max_length={max_length} needs other buffer sizes.")
         self.max_length = max_length
-        for layer in self.layers:
-            layer.max_length = max_length
         self.seen = 0
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -163,6 +159,9 @@ class HybridStaticCache(Cache):
         layer = self.layers[layer_idx]
         if q.shape[2] == 1:
             return layer.decode(q, k, v, position_ids[0, -1], scale)
+        end = self.seen + q.shape[2]
+        if not layer.is_sliding and end > self.max_length:
+            raise ValueError(f"HybridStaticCache: {end} tokens exceed max_length={self.max_length}.")
         return layer.prefill(q, k, v, self.seen, scale, kernel)
 
     def kv_bytes(self) -> dict[str, int]:
