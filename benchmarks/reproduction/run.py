@@ -384,6 +384,21 @@ def report(out: Path, work: Path, models: list[str]) -> None:
     write_report(out, s, results)
 
 
+def _save_length_plot(fig, ax, s: dict, path: Path) -> None:
+    """Axes of a NIAH-by-length plot (log length, training length dashed), then save and close."""
+    import matplotlib.pyplot as plt
+
+    ax.axvline(s["train_len"], color="grey", ls="--", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens); dashed: training length")
+    ax.set_ylabel("NIAH exact match, final checkpoint")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plots(out: Path, s: dict, results: dict) -> None:
     import matplotlib
 
@@ -422,15 +437,7 @@ def plots(out: Path, s: dict, results: dict) -> None:
     for name, r in results.items():
         last = r["curve"][-1]
         ax.plot(s["eval_lengths"], [last["accuracy"][str(n)] for n in s["eval_lengths"]], marker="o", label=name)
-    ax.axvline(s["train_len"], color="grey", ls="--", lw=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("context length (tokens); dashed: training length")
-    ax.set_ylabel("NIAH exact match (final checkpoint)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "length_generalization.png", dpi=100)
-    plt.close(fig)
+    _save_length_plot(fig, ax, s, out / "length_generalization.png")
 
     fig, axes = plt.subplots(1, len(results), figsize=(2.6 * len(results), 3.2), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
@@ -729,16 +736,8 @@ def combined_plots(out: Path, s: dict, runs: list[dict], seeds: list[int], names
         mean = acc.mean(0)
         ax.errorbar(s["eval_lengths"], mean, yerr=[mean - acc.min(0), acc.max(0) - mean], marker="o", capsize=3,
                     label=m, color=colors[m])
-    ax.axvline(s["train_len"], color="grey", ls="--", lw=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("context length (tokens); dashed: training length")
-    ax.set_ylabel("NIAH exact match, final checkpoint")
     ax.set_title(f"mean over seeds {seeds}; bars: min to max", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "combined_length.png", dpi=100)
-    plt.close(fig)
+    _save_length_plot(fig, ax, s, out / "combined_length.png")
 
 
 def environment() -> dict:
