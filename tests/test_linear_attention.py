@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_config, tiny_model
 
 from hybrid_hf import HybridConfig
+from hybrid_hf.modeling import output_cache
 from hybrid_hf.modeling.ops_linear_attention import (
     causal_conv1d,
     gated_delta_chunked,
@@ -126,7 +127,7 @@ def test_chunked_prefill_and_state_is_constant_size(mixer):
         cache, pieces, sizes = None, [], []
         for a, b in [(0, 13), (13, 14), (14, 33), (33, 40)]:
             out = model(ids[:, a:b], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            cache = output_cache(out)
             pieces.append(out.logits)
             layer = cache.layers[0]
             conv = layer.conv_states[0]  # Lightning attention has no short convolution

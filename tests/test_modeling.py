@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_config, tiny_model
 
 from hybrid_hf import HybridForCausalLM, HybridForSequenceClassification
+from hybrid_hf.modeling import output_cache
 
 W = 4  # tiny_config's sliding window
 
@@ -46,7 +47,7 @@ def test_sliding_cache_holds_window_and_decodes_far_beyond(pattern):
     prompt = torch.randint(3, 128, (1, 5))
     out = model.generate(prompt, max_new_tokens=10 * W, min_new_tokens=10 * W, do_sample=False,
                          return_dict_in_generate=True, pad_token_id=0)
-    cache = out.past_key_values
+    cache = output_cache(out)
     total = out.sequences.shape[1]
     for i, t in enumerate(model.config.layer_types):
         keys = cache.layers[i].keys
@@ -66,7 +67,7 @@ def test_chunked_prefill_matches_full_forward():
         pieces = []
         for a, b in [(0, 9), (9, 10), (10, 17), (17, 23)]:
             out = model(ids[:, a:b], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            cache = output_cache(out)
             pieces.append(out.logits)
     assert (torch.cat(pieces, 1) - ref).abs().max().item() <= 1e-5
 

@@ -106,7 +106,7 @@ def _decode_layers(state: _DecodeState, model: HybridForCausalLM, options: dict[
 
 def _decode_step(model: HybridForCausalLM, layers: list[nn.Module], tokens: torch.Tensor, positions: torch.Tensor,
                  cache: HybridStaticCache) -> torch.Tensor:
-    """``model(tokens, position_ids=positions, past_key_values=cache).logits[:, -1]`` for one new token per row,
+    """``model(tokens, position_ids=positions, cache=cache).logits[:, -1]`` for one new token per row,
     written out so that the layers can be compiled on their own (no Python-side state changes inside them)."""
     base = model.model
     hidden = base.embed_tokens(tokens)
@@ -213,7 +213,7 @@ def generate_fast(
     logits = None
     for start in range(0, prompt_len, prefill_chunk_size):
         chunk = input_ids[:, start : start + prefill_chunk_size]
-        logits = model(chunk, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = model(chunk, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     tokens = torch.empty(batch, max_new_tokens, dtype=input_ids.dtype, device=device)
     step_logits = [] if return_logits else None

@@ -6,6 +6,7 @@ from .modeling_hybrid import (
     HybridForSequenceClassification,
     HybridModel,
     HybridPreTrainedModel,
+    output_cache,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "HybridForSequenceClassification",
     "HybridModel",
     "HybridPreTrainedModel",
+    "output_cache",
 ]

@@ -108,7 +108,7 @@ class HybridConfig(PreTrainedConfig):
     """
 
     model_type = "hybrid_hf"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the output field before and since transformers 5.24
     base_model_tp_plan = {
         "layers.*.self_attn.q_proj": "colwise",
         "layers.*.self_attn.k_proj": "colwise",

@@ -8,6 +8,8 @@ transformers and relative modules of this folder; optional CUDA packages are imp
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -29,6 +31,36 @@ from .attention_kernels import causal_attention, cu_seqlens_from_position_ids, r
 from .configuration_hybrid import ATTENTION_LAYER_TYPES, HybridConfig
 from .linear_attention import LINEAR_MIXERS, build_linear_mixer
 from .static_cache import HybridStaticCache
+
+# transformers 5.24 renamed the cache argument and output field `past_key_values` to `cache` (the old names still work
+# there, with deprecation warnings). Everything below passes and reads the cache under whichever name is installed.
+_OUTPUT_CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def output_cache(outputs: Any) -> Cache | None:
+    """The cache a model output carries (``outputs.cache`` from transformers 5.24, ``outputs.past_key_values``
+    before), read without deprecation warnings on either version."""
+    fields = getattr(type(outputs), "__dataclass_fields__", {})
+    return getattr(outputs, "cache" if "cache" in fields else "past_key_values", None)
+
+
+def resolve_cache_argument(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache given to a forward as ``cache`` (transformers >= 5.24 name) or ``past_key_values`` (older name)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError(
+            "Pass the cache as `cache` or as `past_key_values` (the name before transformers 5.24), not both."
+        )
+    return cache if cache is not None else past_key_values
+
+
+@functools.cache
+def _cache_kwarg(mask_helper: Callable) -> str:
+    """The name under which a transformers masking helper takes the cache (inspected once per helper)."""
+    return "cache" if "cache" in inspect.signature(mask_helper).parameters else "past_key_values"
+
+
+def _make_mask(mask_helper: Callable, cache: Cache | None, **kwargs: Any) -> Any:
+    return mask_helper(**kwargs, **{_cache_kwarg(mask_helper): cache})
 
 
 class HybridRMSNorm(nn.Module):
@@ -328,7 +360,7 @@ class HybridPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["HybridDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -420,10 +452,10 @@ class HybridModel(HybridPreTrainedModel):
         if past_key_values is not None and past_key_values.get_seq_length() == 0:
             past_key_values = None
         kwargs = {
+            "cache": past_key_values,
             "config": mask_config,
             "inputs_embeds": inputs_embeds,
             "attention_mask": attention_mask,
-            "past_key_values": past_key_values,
             "position_ids": position_ids,
         }
         caps = {"full_attention": cfg.eval_full_attention_window, "sliding_attention": cfg.eval_efficient_window}
@@ -452,7 +484,7 @@ class HybridModel(HybridPreTrainedModel):
             # the cache layer that sizes the mask is named explicitly: older transformers picked the first
             # non-sliding layer, which may be a recurrent one
             extra["layer_idx"] = cfg.layer_types.index("full_attention")
-            mapping["full_attention"] = create_causal_mask(**kwargs, **extra)
+            mapping["full_attention"] = _make_mask(create_causal_mask, **kwargs, **extra)
         if "sliding_attention" in types:
             cap = caps["sliding_attention"]
             extra = {"layer_idx": cfg.layer_types.index("sliding_attention")}
@@ -461,9 +493,9 @@ class HybridModel(HybridPreTrainedModel):
                 # drop the sinks lying beyond the trained window. The local part never exceeds that window.
                 window = min(cap, cfg.sliding_window)
                 extra["and_mask_function"] = _receptive_field_cap(window, cfg.eval_attention_sink_size, row_start)
-                mapping["sliding_attention"] = create_causal_mask(**kwargs, **extra)
+                mapping["sliding_attention"] = _make_mask(create_causal_mask, **kwargs, **extra)
             else:
-                mapping["sliding_attention"] = create_sliding_window_causal_mask(**kwargs, **extra)
+                mapping["sliding_attention"] = _make_mask(create_sliding_window_causal_mask, **kwargs, **extra)
         if "linear_attention" in types:
             mapping["linear_attention"] = attention_mask
         return mapping
@@ -515,12 +547,15 @@ class HybridModel(HybridPreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         """Run the decoder stack. ``attention_mask`` is the usual 2D padding mask (or a per-type dict of prepared
-        masks). Packed documents are recognised from ``position_ids`` that restart at 0 (or ``cu_seq_lens_q``)."""
+        masks). Packed documents are recognised from ``position_ids`` that restart at 0 (or ``cu_seq_lens_q``).
+        The cache may be passed as ``cache`` (transformers >= 5.24) or ``past_key_values``."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("HybridModel.forward: pass exactly one of `input_ids` or `inputs_embeds`.")
+        past_key_values = resolve_cache_argument(cache, past_key_values)
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -528,6 +563,10 @@ class HybridModel(HybridPreTrainedModel):
             use_cache = cfg.use_cache and not self.training
         if self.gradient_checkpointing and self.training:
             use_cache = False
+            # The backward replay would write the cache again. transformers' checkpointing layers drop it by argument
+            # name, `cache` since 5.24, which our layers do not use: drop it here for all versions.
+            if torch.is_grad_enabled():
+                past_key_values = None
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and past_key_values is None:
@@ -592,9 +631,9 @@ class HybridModel(HybridPreTrainedModel):
             all_hidden += (hidden_states,)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden,
             attentions=all_attn,
+            **{_OUTPUT_CACHE_FIELD: past_key_values if use_cache else None},
         )
 
 
@@ -675,14 +714,16 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """Causal LM forward; ``labels`` are shifted inside the loss (ignore index -100)."""
+        """Causal LM forward; ``labels`` are shifted inside the loss (ignore index -100). The cache may be passed as
+        ``cache`` (transformers >= 5.24) or ``past_key_values``."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=resolve_cache_argument(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -696,9 +737,9 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             return CausalLMOutputWithPast(
                 loss=loss,
                 logits=None,
-                past_key_values=outputs.past_key_values,
                 hidden_states=outputs.hidden_states,
                 attentions=outputs.attentions,
+                **{_OUTPUT_CACHE_FIELD: output_cache(outputs)},
             )
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
@@ -708,9 +749,9 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{_OUTPUT_CACHE_FIELD: output_cache(outputs)},
         )
 
 
@@ -724,4 +765,5 @@ __all__ = [
     "HybridForCausalLM",
     "HybridForSequenceClassification",
     "LINEAR_MIXERS",
+    "output_cache",
 ]
