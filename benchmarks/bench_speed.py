@@ -343,7 +343,9 @@ def kernels() -> None:
         emit(kind="swa_kernel_fwdbwd", skipped="FlexAttention has no CPU backward; GPU only")
         return
     dtype = torch.bfloat16
-    flex = torch.compile(flex_attention) if dev == "cuda" else flex_attention
+    # dynamic=False: one static kernel per shape, as our dispatch compiles it (the default would recompile the second
+    # sequence length with dynamic shapes and hand the baseline a slower kernel)
+    flex = torch.compile(flex_attention, dynamic=False)
     heads, d = (16, 128) if not SMOKE else (2, 16)
     for n in ((8192, 32768) if not SMOKE else (256,)):
         for w in (128, 512, 2048):

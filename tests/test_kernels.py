@@ -79,11 +79,13 @@ def test_resolve_kernel_auto_and_errors():
     assert resolve_kernel("flex", cpu, "full_attention") == "flex"
     with pytest.raises(ValueError, match="flash_attn"):
         resolve_kernel("flash_attn", cpu, "full_attention")
+    with pytest.raises(ValueError, match="triton"):
+        resolve_kernel("triton", cpu, "sliding_attention")
 
 
 def test_invalid_kernel_name_is_rejected():
     with pytest.raises(ValueError, match="`attention_kernel`"):
-        tiny_config("SF", attention_kernel="triton")
+        tiny_config("SF", attention_kernel="cudnn")
 
 
 def test_fused_cross_entropy_matches_standard_loss_and_grads():

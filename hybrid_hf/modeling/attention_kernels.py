@@ -6,6 +6,8 @@ Window convention everywhere in hybrid_hf: a window ``W`` covers ``W`` keys incl
 Kernels, chosen by ``config.attention_kernel`` (``"auto"`` picks the first available on the inputs' device):
 
 - ``"flash_attn"``: flash-attn 2.x ``flash_attn_func``/``flash_attn_varlen_func`` (CUDA, optional package);
+- ``"triton"``: hybrid_hf's own sliding-window flash attention (``triton_attention``; CUDA with triton), which visits
+  only the blocks inside the window and takes packed documents as a document-id vector;
 - ``"flex"``: FlexAttention with a sliding-window (and document) block mask built once per shape and compiled once;
 - ``"sdpa"``: ``scaled_dot_product_attention`` — ``is_causal`` for full layers (cuDNN/flash backends on CUDA), an
   explicit boolean mask for windows and documents (the reference; O(T^2) memory).
@@ -37,6 +39,14 @@ def flash_attn_available() -> bool:
 
 
 @functools.cache
+def triton_available() -> bool:
+    """Whether hybrid_hf's Triton window-attention kernel can be used (triton importable)."""
+    from .triton_attention import available
+
+    return available()
+
+
+@functools.cache
 def flex_available() -> bool:
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
@@ -48,12 +58,16 @@ def flex_available() -> bool:
 def resolve_kernel(requested: str, device: torch.device, layer_type: str) -> str:
     """Kernel for one layer on ``device``; raises if an explicitly requested kernel cannot run there."""
     if requested not in ATTENTION_KERNELS or requested == "transformers":
-        raise ValueError(f"attention_kernel={requested!r}; allowed here: flash_attn, flex, sdpa, auto")
+        raise ValueError(f"attention_kernel={requested!r}; allowed here: flash_attn, triton, flex, sdpa, auto")
     on_cuda = device.type == "cuda"
     if requested == "flash_attn":
         if not (on_cuda and flash_attn_available()):
             raise ValueError("attention_kernel='flash_attn' needs CUDA tensors and the flash-attn package installed.")
         return "flash_attn"
+    if requested == "triton":
+        if not (on_cuda and triton_available()):
+            raise ValueError("attention_kernel='triton' needs CUDA tensors and the triton package.")
+        return "triton"
     if requested == "flex":
         if not flex_available():
             raise ValueError("attention_kernel='flex' needs torch.nn.attention.flex_attention (torch >= 2.5).")
@@ -65,6 +79,8 @@ def resolve_kernel(requested: str, device: torch.device, layer_type: str) -> str
         return "flash_attn"
     if layer_type == "full_attention":
         return "sdpa"  # cuDNN / flash SDPA backends beat FlexAttention on full causal attention
+    if on_cuda and triton_available():
+        return "triton"
     return "flex" if on_cuda and flex_available() else "sdpa"
 
 
@@ -228,7 +244,17 @@ def _flash(q, k, v, window, scale, cu_seqlens):
     return out.transpose(1, 2)
 
 
-_KERNELS = {"flash_attn": _flash, "flex": _flex, "sdpa": _sdpa}
+# ---------------------------------------------------------------------------------------------------- Triton
+def _triton(q, k, v, window, scale, cu_seqlens):
+    """hybrid_hf's window kernel; returns (B, Tq, H, D) already (the layout ``causal_attention`` hands out)."""
+    from .triton_attention import window_attention
+
+    doc = None if cu_seqlens is None else document_ids_from_cu_seqlens(cu_seqlens, q.shape[2])
+    return window_attention(q, k, v, window=window, scale=scale, doc=doc)
+
+
+_KERNELS = {"flash_attn": _flash, "flex": _flex, "sdpa": _sdpa, "triton": _triton}
+_OUTPUT_BTHD = {"triton"}  # kernels that already return (B, T, H, D)
 
 
 def causal_attention(
@@ -248,11 +274,14 @@ def causal_attention(
     start is a boundary too. Returns (B, Tq, Hq, D).
     """
     if cu_seqlens is None:
-        return _KERNELS[kernel](q, k, v, window, scale, None).transpose(1, 2).contiguous()
+        out = _KERNELS[kernel](q, k, v, window, scale, None)
+        return out if kernel in _OUTPUT_BTHD else out.transpose(1, 2).contiguous()
     if q.shape[2] != k.shape[2]:
         raise ValueError("cu_seqlens (packed documents) cannot be combined with a cached prefix.")
     batch, _, length, _ = q.shape
     if batch > 1:  # packed rows are attended as one flattened varlen sequence
         q, k, v = (t.transpose(0, 1).reshape(1, t.shape[1], batch * length, t.shape[3]) for t in (q, k, v))
-    out = _KERNELS[kernel](q, k, v, window, scale, cu_seqlens).transpose(1, 2)  # (1, B*T, H, D)
+    out = _KERNELS[kernel](q, k, v, window, scale, cu_seqlens)
+    if kernel not in _OUTPUT_BTHD:
+        out = out.transpose(1, 2)  # (1, B*T, H, D)
     return out.reshape(batch, length, *out.shape[2:]).contiguous()

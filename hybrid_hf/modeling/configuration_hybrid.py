@@ -16,7 +16,7 @@ LAYER_TYPES = ("full_attention", "sliding_attention", "linear_attention")
 PATTERN_LETTERS = {"F": "full_attention", "S": "sliding_attention", "L": "linear_attention"}
 POSITION_ENCODINGS = ("rope", "nope")
 LINEAR_ATTENTION_TYPES = ("gated_deltanet", "mamba2", "lightning")
-ATTENTION_KERNELS = ("auto", "flash_attn", "flex", "sdpa", "transformers")
+ATTENTION_KERNELS = ("auto", "flash_attn", "triton", "flex", "sdpa", "transformers")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 
 # Paper sizes S1-S5 (non-embedding parameters about 15M, 31.5M, 65M, 104M, 477M).
@@ -100,8 +100,9 @@ class HybridConfig(PreTrainedConfig):
             ``attn_implementation`` eager, sdpa or flex_attention, disable the fused kernels and are refused by
             ``HybridStaticCache`` (``generate_fast``).
         attention_kernel: ``"auto"`` (default: on CUDA with the sdpa implementation, training and prefill use
-            flash-attn window kernels if installed, else FlexAttention for sliding layers and cuDNN/flash SDPA for
-            full layers), an explicit ``"flash_attn"``/``"flex"``/``"sdpa"``, or ``"transformers"`` to always use
+            flash-attn window kernels if installed, else hybrid_hf's Triton window kernel (FlexAttention without
+            triton) for sliding layers and cuDNN/flash SDPA for full layers), an explicit
+            ``"flash_attn"``/``"triton"``/``"flex"``/``"sdpa"``, or ``"transformers"`` to always use
             transformers' attention interface (``attn_implementation``).
         fused_cross_entropy: Compute the training loss chunk by chunk from hidden states without materialising
             the full logits (``logits`` is then ``None`` when ``labels`` are given).
