@@ -204,6 +204,9 @@ def train() -> None:
         _train_run(f"hybrid_hf kernels+fusedCE [{label}]", HybridForCausalLM(cfg), lt, w)
         if not SMOKE:
             _train_run(f"hybrid_hf kernels+fusedCE+compile [{label}]", HybridForCausalLM(cfg), lt, w, True)
+            if torch.cuda.is_available():  # the same with FlexAttention forced for the sliding layers
+                flex_cfg = ours_config(lt, w, fused_cross_entropy=True, attention_kernel="flex", **extra)
+                _train_run(f"hybrid_hf flex+fusedCE+compile [{label}]", HybridForCausalLM(flex_cfg), lt, w, True)
     # GDN hybrid (1:1 with full attention) when the mixer is available
     if TRAIN_CASES is not None and "1:1 GDN" not in TRAIN_CASES:
         return
