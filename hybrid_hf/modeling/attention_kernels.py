@@ -7,7 +7,8 @@ Kernels, chosen by ``config.attention_kernel`` (``"auto"`` picks the first avail
 
 - ``"flash_attn"``: flash-attn 2.x ``flash_attn_func``/``flash_attn_varlen_func`` (CUDA, optional package);
 - ``"triton"``: hybrid_hf's own sliding-window flash attention (``triton_attention``; CUDA with triton), which visits
-  only the blocks inside the window and takes packed documents as a document-id vector;
+  only the blocks inside the window and takes packed documents as a document-id vector (fp16/bf16; fp32 inputs run
+  FlexAttention, whose fp32 matmuls are not rounded to TF32);
 - ``"flex"``: FlexAttention with a sliding-window (and document) block mask built once per shape and compiled once;
 - ``"sdpa"``: ``scaled_dot_product_attention`` — ``is_causal`` for full layers (cuDNN/flash backends on CUDA), an
   explicit boolean mask for windows and documents (the reference; O(T^2) memory).
@@ -246,7 +247,11 @@ def _flash(q, k, v, window, scale, cu_seqlens):
 
 # ---------------------------------------------------------------------------------------------------- Triton
 def _triton(q, k, v, window, scale, cu_seqlens):
-    """hybrid_hf's window kernel; returns (B, Tq, H, D) already (the layout ``causal_attention`` hands out)."""
+    """hybrid_hf's window kernel; returns (B, Tq, H, D) already (the layout ``causal_attention`` hands out).
+
+    fp32 inputs on CUDA run FlexAttention instead: the Triton kernel's matmuls would round fp32 to TF32."""
+    if q.dtype == torch.float32 and q.is_cuda:
+        return _flex(q, k, v, window, scale, cu_seqlens).transpose(1, 2).contiguous()
     from .triton_attention import window_attention
 
     doc = None if cu_seqlens is None else document_ids_from_cu_seqlens(cu_seqlens, q.shape[2])

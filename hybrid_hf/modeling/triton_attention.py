@@ -338,7 +338,7 @@ class _Launcher:
 
 
 def _signature(tensors: tuple, *scalars) -> tuple:
-    return (*((t.shape, t.stride(), t.dtype, t.data_ptr() % 16 == 0) for t in tensors), *scalars)
+    return (tensors[0].device, *((t.shape, t.stride(), t.dtype, t.data_ptr() % 16 == 0) for t in tensors), *scalars)
 
 
 if triton is not None:
