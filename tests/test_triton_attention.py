@@ -42,9 +42,9 @@ GPU_CASES = [
 ]
 
 
-def reference(q, k, v, window, scale, doc=None):
-    """fp32 masked softmax attention; (B, Tq, H, D)."""
-    q, k, v = q.float(), k.float(), v.float()
+def reference(q, k, v, window, scale, doc=None, dtype=torch.float32):
+    """Masked softmax attention computed in ``dtype`` (fp32: the reference; bf16: the SDPA baseline); (B, Tq, H, D)."""
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     t_q, t_k = q.shape[2], k.shape[2]
     g = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
@@ -92,25 +92,10 @@ def test_window_kernel_matches_reference(case):
             torch.testing.assert_close(a, b.to(a.dtype), atol=1e-5, rtol=1e-5, msg=name)
         return
     # bf16: no further from the fp32 reference than masked SDPA computed in bf16 (plus a small floor)
-    base = _run(lambda *t: _bf16_sdpa(*t, window, scale, doc), q, k, v, grad)
+    base = _run(lambda *t: reference(*t, window, scale, doc, dtype), q, k, v, grad)
     for name, a, b, r in zip(names, ours, base, ref):
         err, base_err = (a.float() - r.float()).abs().max(), (b.float() - r.float()).abs().max()
         assert err <= 2 * base_err + 1e-2 * r.abs().max(), (name, float(err), float(base_err))
-
-
-def _bf16_sdpa(q, k, v, window, scale, doc):
-    t_q, t_k = q.shape[2], k.shape[2]
-    qi = torch.arange(t_q, device=q.device)[:, None] + (t_k - t_q)
-    ki = torch.arange(t_k, device=q.device)[None]
-    keep = ki <= qi
-    if window is not None:
-        keep &= qi - ki < window
-    if doc is not None:
-        keep &= doc[qi] == doc[ki]
-    g = q.shape[1] // k.shape[1]
-    out = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), attn_mask=keep,
-                                         scale=scale)
-    return out.transpose(1, 2)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs CUDA + triton")
