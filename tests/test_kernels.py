@@ -234,11 +234,11 @@ def _fake_flash_attn_module() -> types.ModuleType:
     def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1)):
         return torch.stack([attend(q[b], k[b], v[b], softmax_scale, causal, window_size) for b in range(q.shape[0])])
 
-    def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=None, causal=False,
-                               window_size=(-1, -1)):
-        assert cu_q.dtype == torch.int32 and cu_k.dtype == torch.int32
-        assert max_q == int((cu_q[1:] - cu_q[:-1]).max())
-        bounds = cu_q.tolist()
+    def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
+                               causal=False, window_size=(-1, -1)):
+        assert cu_seqlens_q.dtype == torch.int32 and cu_seqlens_k.dtype == torch.int32
+        assert max_seqlen_q == int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
+        bounds = cu_seqlens_q.tolist()
         return torch.cat([attend(q[s:e], k[s:e], v[s:e], softmax_scale, causal, window_size)
                           for s, e in zip(bounds[:-1], bounds[1:])])
 
@@ -247,13 +247,42 @@ def _fake_flash_attn_module() -> types.ModuleType:
     return module
 
 
+def _fake_flash_attn_4_module() -> types.ModuleType:
+    """FlashAttention-4's documented interface (``flash_attn.cute``): as flash-attn 2, but an unlimited side of the
+    window is ``None`` (not -1), arguments after ``v`` are keywords, and the functions return ``(out, lse)``."""
+    fa2 = _fake_flash_attn_module()
+
+    def fa4_window(window_size):
+        assert all(w is None or w >= 0 for w in window_size), window_size
+        return tuple(-1 if w is None else w for w in window_size)
+
+    def flash_attn_func(q, k, v, *, softmax_scale=None, causal=False, window_size=(None, None)):
+        return fa2.flash_attn_func(q, k, v, softmax_scale, causal, fa4_window(window_size)), None
+
+    def flash_attn_varlen_func(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                               max_seqlen_k=None, softmax_scale=None, causal=False, window_size=(None, None)):
+        out = fa2.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                         softmax_scale, causal, fa4_window(window_size))
+        return out, None
+
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func, cute.flash_attn_varlen_func = flash_attn_func, flash_attn_varlen_func
+    package = types.ModuleType("flash_attn")
+    package.cute = cute
+    return package
+
+
+@pytest.mark.parametrize("version", ["2", "4"])
 @pytest.mark.parametrize("window", [None, 4])
-def test_flash_attn_dispatch_follows_the_documented_interface(monkeypatch, window):
-    """The flash-attn branch (CUDA only in practice) passes layout, window and varlen arguments as flash-attn 2
-    documents them: against a plain-PyTorch stand-in of that interface it equals the SDPA path."""
+def test_flash_attn_dispatch_follows_the_documented_interface(monkeypatch, window, version):
+    """The flash-attn branch (CUDA only in practice) passes layout, window and varlen arguments as flash-attn 2 and
+    FlashAttention-4 document them: against plain-PyTorch stand-ins of those interfaces it equals the SDPA path."""
     from hybrid_hf.modeling.attention_kernels import causal_attention
 
-    monkeypatch.setitem(sys.modules, "flash_attn", _fake_flash_attn_module())
+    package = _fake_flash_attn_module() if version == "2" else _fake_flash_attn_4_module()
+    monkeypatch.setitem(sys.modules, "flash_attn", package)
+    if version == "4":
+        monkeypatch.setitem(sys.modules, "flash_attn.cute", package.cute)
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 4, 12, 8), torch.randn(2, 2, 12, 8), torch.randn(2, 2, 12, 8)
     ref = causal_attention(q, k, v, window=window, scale=0.3, kernel="sdpa")

@@ -5,7 +5,8 @@ Window convention everywhere in hybrid_hf: a window ``W`` covers ``W`` keys incl
 
 Kernels, chosen by ``config.attention_kernel`` (``"auto"`` picks the first available on the inputs' device):
 
-- ``"flash_attn"``: flash-attn 2.x ``flash_attn_func``/``flash_attn_varlen_func`` (CUDA, optional package);
+- ``"flash_attn"``: FlashAttention-4 (``flash_attn.cute``) or flash-attn 2.x ``flash_attn_func``/
+  ``flash_attn_varlen_func`` (CUDA, optional packages; FA4 preferred when both are installed);
 - ``"triton"``: hybrid_hf's own sliding-window flash attention (``triton_attention``; CUDA with triton), which visits
   only the blocks inside the window and takes packed documents as a document-id vector (fp16/bf16; fp32 inputs run
   FlexAttention, whose fp32 matmuls are not rounded to TF32);
@@ -27,13 +28,28 @@ import torch.nn.functional as F
 from .configuration_hybrid import ATTENTION_KERNELS
 
 
+def _flash_interface():
+    """(module, is_fa4): FlashAttention-4 (``flash_attn.cute``, pre-release package ``flash-attn-4``) when importable,
+    else flash-attn 2.x (``flash_attn``). Both take (B, T, H, D) tensors and ``window_size=(W - 1, 0)``."""
+    try:
+        from flash_attn import cute
+
+        cute.flash_attn_func  # noqa: B018  (a bare namespace without the interface is not FA4)
+        return cute, True
+    except Exception:  # absent, or a CuTe-DSL install that fails at import
+        import flash_attn
+
+        return flash_attn, False
+
+
 @functools.cache
 def flash_attn_available() -> bool:
-    """Whether flash-attn 2.x with window support can be imported."""
+    """Whether flash-attn (4 or 2.x, with window support) can be imported."""
     if importlib.util.find_spec("flash_attn") is None:
         return False
     try:
-        from flash_attn import flash_attn_func  # noqa: F401
+        module, _ = _flash_interface()
+        module.flash_attn_func  # noqa: B018
     except Exception:  # broken builds raise all sorts of errors at import
         return False
     return True
@@ -230,19 +246,24 @@ def _sdpa(q, k, v, window, scale, cu_seqlens):
 
 # ----------------------------------------------------------------------------------------------- flash-attn
 def _flash(q, k, v, window, scale, cu_seqlens):
-    from flash_attn import flash_attn_func, flash_attn_varlen_func
-
-    window_size = (window - 1, 0) if window is not None else (-1, -1)
+    """flash-attn's window kernels; returns (B, Tq, H, D) (flash-attn's own layout)."""
+    fa, is_fa4 = _flash_interface()
+    if window is not None:
+        window_size = (window - 1, 0)
+    else:
+        window_size = (None, None) if is_fa4 else (-1, -1)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, T, H, D)
     if cu_seqlens is None:
-        out = flash_attn_func(q, k, v, softmax_scale=scale, causal=True, window_size=window_size)
+        out = fa.flash_attn_func(q, k, v, softmax_scale=scale, causal=True, window_size=window_size)
     else:
         max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        out = flash_attn_varlen_func(
-            q[0], k[0], v[0], cu_seqlens, cu_seqlens, max_len, max_len,
-            softmax_scale=scale, causal=True, window_size=window_size,
-        )[None]
-    return out.transpose(1, 2)
+        out = fa.flash_attn_varlen_func(
+            q[0], k[0], v[0], cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_len,
+            max_seqlen_k=max_len, softmax_scale=scale, causal=True, window_size=window_size,
+        )
+    if isinstance(out, tuple):  # FlashAttention-4 returns (out, lse)
+        out = out[0]
+    return out if cu_seqlens is None else out[None]
 
 
 # ---------------------------------------------------------------------------------------------------- Triton
@@ -259,7 +280,7 @@ def _triton(q, k, v, window, scale, cu_seqlens):
 
 
 _KERNELS = {"flash_attn": _flash, "flex": _flex, "sdpa": _sdpa, "triton": _triton}
-_OUTPUT_BTHD = {"triton"}  # kernels that already return (B, T, H, D)
+_OUTPUT_BTHD = {"triton", "flash_attn"}  # kernels that already return (B, T, H, D)
 
 
 def causal_attention(
