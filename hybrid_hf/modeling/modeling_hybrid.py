@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel, masking_utils
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -399,15 +399,28 @@ class HybridPreTrainedModel(PreTrainedModel):
             module.reset_mixer_parameters()
 
 
-def _receptive_field_cap(window: int, sinks: int, row_start: torch.Tensor | None = None) -> Callable:
+# Newer transformers hand mask functions in-document indices for packed rows (``remap_positions_for_packed_sequence``);
+# older ones (e.g. 5.17) hand row indices, so the sinks of every document but the first must come from the positions.
+_MASKS_REMAP_PACKED_POSITIONS = hasattr(masking_utils, "remap_positions_for_packed_sequence")
+
+
+def _receptive_field_cap(
+    window: int, sinks: int, row_start: torch.Tensor | None = None, key_positions: torch.Tensor | None = None
+) -> Callable:
     """Mask function keeping the last ``window`` keys (incl. self) plus the first ``sinks`` tokens.
 
     ANDed with the plain causal mask by ``HybridModel._mask_mapping``. Indices are row indices, except for packed
-    documents, where transformers remaps them to in-document positions (so every document keeps its own sinks).
+    documents, where newer transformers remaps them to in-document positions (so every document keeps its own sinks);
+    with older versions ``key_positions`` (B, T), the packed rows' position ids, gives each key's in-document position.
     ``row_start`` (B,) holds each row's first real key (left padding), from which the sinks are counted."""
 
     def cap(batch_idx: int, head_idx: int, q_idx: int, kv_idx: int) -> bool:
-        first = kv_idx if row_start is None else kv_idx - row_start[batch_idx]
+        if key_positions is not None:
+            first = key_positions[batch_idx, kv_idx]
+        elif row_start is not None:
+            first = kv_idx - row_start[batch_idx]
+        else:
+            first = kv_idx
         return (kv_idx > q_idx - window) | (first < sinks)
 
     return cap
@@ -476,10 +489,21 @@ class HybridModel(HybridPreTrainedModel):
         row_start = None  # sinks count from each row's first real token: skip left padding
         if cfg.eval_attention_sink_size and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
             row_start = (attention_mask.cumsum(-1) == 0).sum(-1)
+        key_positions = None  # packed rows on transformers that does not remap mask indices per document
+        if (
+            cfg.eval_attention_sink_size
+            and not _MASKS_REMAP_PACKED_POSITIONS
+            and attention_mask is None
+            and past_key_values is None
+            and masking_utils.find_packed_sequence_indices(position_ids) is not None
+        ):
+            key_positions = position_ids.expand(inputs_embeds.shape[0], -1)
         if "full_attention" in types:
             cap = caps["full_attention"]
             extra = (
-                {"and_mask_function": _receptive_field_cap(cap, cfg.eval_attention_sink_size, row_start)} if cap else {}
+                {"and_mask_function": _receptive_field_cap(cap, cfg.eval_attention_sink_size, row_start, key_positions)}
+                if cap
+                else {}
             )
             # the cache layer that sizes the mask is named explicitly: older transformers picked the first
             # non-sliding layer, which may be a recurrent one
@@ -492,7 +516,9 @@ class HybridModel(HybridPreTrainedModel):
                 # Built on the plain causal mask, not the sliding one: ANDing the cap into the sliding mask would
                 # drop the sinks lying beyond the trained window. The local part never exceeds that window.
                 window = min(cap, cfg.sliding_window)
-                extra["and_mask_function"] = _receptive_field_cap(window, cfg.eval_attention_sink_size, row_start)
+                extra["and_mask_function"] = _receptive_field_cap(
+                    window, cfg.eval_attention_sink_size, row_start, key_positions
+                )
                 mapping["sliding_attention"] = _make_mask(create_causal_mask, **kwargs, **extra)
             else:
                 mapping["sliding_attention"] = _make_mask(create_sliding_window_causal_mask, **kwargs, **extra)
