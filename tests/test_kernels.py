@@ -319,11 +319,13 @@ def _reference_attention(q, k, v, window, scale, cu_seqlens):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("case", ["window", "prefix", "packed"])
-@pytest.mark.parametrize("kernel", ["sdpa", "flex", "triton"])
+@pytest.mark.parametrize("kernel", ["sdpa", "flex", "triton", "flash_attn"])
 def test_attention_kernels_match_reference_on_gpu(kernel, case):
     """Each dispatchable kernel, on the GPU in bf16, against an fp32 reference: outputs and gradients."""
-    from hybrid_hf.modeling.attention_kernels import causal_attention
+    from hybrid_hf.modeling.attention_kernels import causal_attention, flash_attn_available
 
+    if kernel == "flash_attn" and not flash_attn_available():
+        pytest.skip("flash-attn (2.x or FlashAttention-4) is not installed")
     resolve_kernel(kernel, torch.device("cuda"), "sliding_attention")  # raises if it cannot run here
     gen = torch.Generator().manual_seed(0)
     b, hq, hkv, d, window = 2, 8, 4, 64, 96
