@@ -268,11 +268,7 @@ def _flash(q, k, v, window, scale, cu_seqlens):
 
 # ---------------------------------------------------------------------------------------------------- Triton
 def _triton(q, k, v, window, scale, cu_seqlens):
-    """hybrid_hf's window kernel; returns (B, Tq, H, D) already (the layout ``causal_attention`` hands out).
-
-    fp32 inputs on CUDA run FlexAttention instead: the Triton kernel's matmuls would round fp32 to TF32."""
-    if q.dtype == torch.float32 and q.is_cuda:
-        return _flex(q, k, v, window, scale, cu_seqlens).transpose(1, 2).contiguous()
+    """hybrid_hf's window kernel; returns (B, Tq, H, D) already (the layout ``causal_attention`` hands out)."""
     from .triton_attention import window_attention
 
     doc = None if cu_seqlens is None else document_ids_from_cu_seqlens(cu_seqlens, q.shape[2])
@@ -299,6 +295,8 @@ def causal_attention(
     positions). ``cu_seqlens`` (int32, over the flattened B x T tokens) marks packed document boundaries; each row
     start is a boundary too. Returns (B, Tq, Hq, D).
     """
+    if kernel == "triton" and q.is_cuda and q.dtype == torch.float32:
+        kernel = "flex"  # the Triton kernel's matmuls would round fp32 to TF32; FlexAttention's do not
     if cu_seqlens is None:
         out = _KERNELS[kernel](q, k, v, window, scale, None)
         return out if kernel in _OUTPUT_BTHD else out.transpose(1, 2).contiguous()

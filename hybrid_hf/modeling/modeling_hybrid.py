@@ -498,13 +498,12 @@ class HybridModel(HybridPreTrainedModel):
             and masking_utils.find_packed_sequence_indices(position_ids) is not None
         ):
             key_positions = position_ids.expand(inputs_embeds.shape[0], -1)
+        make_cap = functools.partial(
+            _receptive_field_cap, sinks=cfg.eval_attention_sink_size, row_start=row_start, key_positions=key_positions
+        )
         if "full_attention" in types:
             cap = caps["full_attention"]
-            extra = (
-                {"and_mask_function": _receptive_field_cap(cap, cfg.eval_attention_sink_size, row_start, key_positions)}
-                if cap
-                else {}
-            )
+            extra = {"and_mask_function": make_cap(cap)} if cap else {}
             # the cache layer that sizes the mask is named explicitly: older transformers picked the first
             # non-sliding layer, which may be a recurrent one
             extra["layer_idx"] = cfg.layer_types.index("full_attention")
@@ -516,9 +515,7 @@ class HybridModel(HybridPreTrainedModel):
                 # Built on the plain causal mask, not the sliding one: ANDing the cap into the sliding mask would
                 # drop the sinks lying beyond the trained window. The local part never exceeds that window.
                 window = min(cap, cfg.sliding_window)
-                extra["and_mask_function"] = _receptive_field_cap(
-                    window, cfg.eval_attention_sink_size, row_start, key_positions
-                )
+                extra["and_mask_function"] = make_cap(window)
                 mapping["sliding_attention"] = _make_mask(create_causal_mask, **kwargs, **extra)
             else:
                 mapping["sliding_attention"] = _make_mask(create_sliding_window_causal_mask, **kwargs, **extra)
