@@ -79,16 +79,47 @@ if triton is not None:
         return acc, l_i, m_i
 
     @triton.jit
-    def _key_ranges(first_q, T_k, W, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _key_ranges(first_q, T_k, W, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """Key-block bounds for queries [first_q, first_q + BLOCK_M) (absolute positions): masked [lo, a),
-        unmasked [a, b), masked [b, hi)."""
+        unmasked [a, b), masked [b, hi). With documents every block is masked: the kernels then run only part 0,
+        which becomes [lo, hi)."""
         lo = tl.maximum(first_q - W + 1, 0) // BLOCK_N * BLOCK_N
         hi = tl.minimum(first_q + BLOCK_M, T_k)
         inside = (tl.maximum(first_q + BLOCK_M - W, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N  # whole block in window
         causal = (first_q + 1) // BLOCK_N * BLOCK_N  # whole block at or before the first query
         a = tl.minimum(tl.maximum(inside, lo), hi)
         b = tl.minimum(tl.maximum(causal, a), hi)
+        if HAS_DOC:
+            a = hi
         return lo, a, b, hi
+
+    @triton.jit
+    def _part(lo, a, b, hi, PART: tl.constexpr):
+        """Bounds of part ``PART`` of a three-part block range: 0 = [lo, a) masked, 1 = [a, b) unmasked,
+        2 = [b, hi) masked (``PART != 1`` is the MASK flag of the block loops)."""
+        if PART == 0:
+            start = lo
+            end = a
+        elif PART == 1:
+            start = a
+            end = b
+        else:
+            start = b
+            end = hi
+        return start, end
+
+    @triton.jit
+    def _q_tile(Q, DOC, s_qb, s_qh, s_qt, b, h, pid_m, T_q, offset, HAS_DOC: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK_M: tl.constexpr):
+        """One program's query rows: indices into Tq, feature offsets, row validity, absolute positions, the query
+        tile and its document ids."""
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        in_q = offs_m < T_q
+        q_pos = offs_m + offset
+        q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :], mask=in_q[:, None], other=0.0)
+        doc_q = tl.load(DOC + q_pos, mask=in_q, other=-2) if HAS_DOC else 0
+        return offs_m, offs_d, in_q, q_pos, q, doc_q
 
     @triton.autotune(
         configs=_configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3), (64, 32, 4, 4)], (32, 16)),
@@ -105,29 +136,19 @@ if triton is not None:
         b = pid_bh // H
         h = pid_bh % H
         offset = T_k - T_q
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m, offs_d, in_q, q_pos, q, doc_q = _q_tile(Q, DOC, s_qb, s_qh, s_qt, b, h, pid_m, T_q, offset, HAS_DOC,
+                                                        HEAD_DIM, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, HEAD_DIM)
-        in_q = offs_m < T_q
-        q_pos = offs_m + offset
-        q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :], mask=in_q[:, None], other=0.0)
-        doc_q = tl.load(DOC + q_pos, mask=in_q, other=-2) if HAS_DOC else 0
         k_base = K + b * s_kb + (h // G) * s_kh
         v_base = V + b * s_vb + (h // G) * s_vh
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: a row with no key yet in a block stays NaN-free
-        lo, a, b2, hi = _key_ranges(pid_m * BLOCK_M + offset, T_k, W, BLOCK_M, BLOCK_N)
-        if HAS_DOC:
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, s_kt, s_vt, q_pos, doc_q, DOC, lo, hi, T_k,
-                                        W, qk_scale, offs_n, offs_d, True, HAS_DOC, EVEN_K, BLOCK_N)
-        else:
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, s_kt, s_vt, q_pos, doc_q, DOC, lo, a, T_k,
-                                        W, qk_scale, offs_n, offs_d, True, HAS_DOC, EVEN_K, BLOCK_N)
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, s_kt, s_vt, q_pos, doc_q, DOC, a, b2, T_k,
-                                        W, qk_scale, offs_n, offs_d, False, HAS_DOC, EVEN_K, BLOCK_N)
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, s_kt, s_vt, q_pos, doc_q, DOC, b2, hi, T_k,
-                                        W, qk_scale, offs_n, offs_d, True, HAS_DOC, EVEN_K, BLOCK_N)
+        lo, a, b2, hi = _key_ranges(pid_m * BLOCK_M + offset, T_k, W, HAS_DOC, BLOCK_M, BLOCK_N)
+        for part in tl.static_range(3 - 2 * HAS_DOC):  # with documents only part 0, which is [lo, hi)
+            start, end = _part(lo, a, b2, hi, part)
+            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, s_kt, s_vt, q_pos, doc_q, DOC, start, end,
+                                        T_k, W, qk_scale, offs_n, offs_d, part != 1, HAS_DOC, EVEN_K, BLOCK_N)
         l_i = tl.where(in_q, l_i, 1.0)
         out = acc / l_i[:, None]
         tl.store(OUT + b * s_ob + h * s_oh + offs_m[:, None] * s_ot + offs_d[None, :], out.to(OUT.dtype.element_ty),
@@ -189,22 +210,19 @@ if triton is not None:
         inside = tl.maximum(start_n + W - offset, 0) // BLOCK_M * BLOCK_M  # whole query block within the window
         a = tl.minimum(tl.maximum(after, lo), hi)
         b2 = tl.minimum(tl.maximum(inside, a), hi)
+        if HAS_DOC:  # every block masked: part 0 = [lo, hi)
+            a = hi
         for g in range(G):
             h = hk * G + g
             q_base = Q + b * s_qb + h * s_qh
             do_base = DO + b * s_db + h * s_dh
             lse_base = LSE + (b * H_kv * G + h) * T_q
             delta_base = DELTA + (b * H_kv * G + h) * T_q
-            if HAS_DOC:
+            for part in tl.static_range(3 - 2 * HAS_DOC):
+                start, end = _part(lo, a, b2, hi, part)
                 dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, s_qt, s_dt, k_pos, doc_k,
-                                      DOC, offset, lo, hi, T_q, W, qk_scale, offs_m, offs_d, True, HAS_DOC, EVEN_Q, BLOCK_M)
-            else:
-                dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, s_qt, s_dt, k_pos, doc_k,
-                                      DOC, offset, lo, a, T_q, W, qk_scale, offs_m, offs_d, True, HAS_DOC, EVEN_Q, BLOCK_M)
-                dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, s_qt, s_dt, k_pos, doc_k,
-                                      DOC, offset, a, b2, T_q, W, qk_scale, offs_m, offs_d, False, HAS_DOC, EVEN_Q, BLOCK_M)
-                dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, s_qt, s_dt, k_pos, doc_k,
-                                      DOC, offset, b2, hi, T_q, W, qk_scale, offs_m, offs_d, True, HAS_DOC, EVEN_Q, BLOCK_M)
+                                      DOC, offset, start, end, T_q, W, qk_scale, offs_m, offs_d, part != 1, HAS_DOC,
+                                      EVEN_Q, BLOCK_M)
         dk *= sm_scale
         tl.store(DK + b * s_dkb + hk * s_dkh + k_pos[:, None] * s_dkt + offs_d[None, :], dk.to(DK.dtype.element_ty),
                  mask=in_k[:, None])
@@ -246,12 +264,9 @@ if triton is not None:
         b = pid_bh // H
         h = pid_bh % H
         offset = T_k - T_q
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m, offs_d, in_q, q_pos, q, doc_q = _q_tile(Q, DOC, s_qb, s_qh, s_qt, b, h, pid_m, T_q, offset, HAS_DOC,
+                                                        HEAD_DIM, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, HEAD_DIM)
-        in_q = offs_m < T_q
-        q_pos = offs_m + offset
-        q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :], mask=in_q[:, None], other=0.0)
         do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dt + offs_d[None, :], mask=in_q[:, None],
                      other=0.0)
         lse = tl.load(LSE + pid_bh * T_q + offs_m, mask=in_q, other=0.0)
@@ -259,21 +274,14 @@ if triton is not None:
         o = tl.load(OUT + b * s_ob + h * s_oh + offs_m[:, None] * s_ot + offs_d[None, :], mask=in_q[:, None], other=0.0)
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
         tl.store(DELTA + pid_bh * T_q + offs_m, delta, mask=in_q)
-        doc_q = tl.load(DOC + q_pos, mask=in_q, other=-2) if HAS_DOC else 0
         k_base = K + b * s_kb + (h // G) * s_kh
         v_base = V + b * s_vb + (h // G) * s_vh
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        lo, a, b2, hi = _key_ranges(pid_m * BLOCK_M + offset, T_k, W, BLOCK_M, BLOCK_N)
-        if HAS_DOC:
-            dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, s_kt, s_vt, q_pos, doc_q, DOC, lo, hi, T_k, W,
-                            qk_scale, offs_n, offs_d, True, HAS_DOC, EVEN_K, BLOCK_N)
-        else:
-            dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, s_kt, s_vt, q_pos, doc_q, DOC, lo, a, T_k, W,
-                            qk_scale, offs_n, offs_d, True, HAS_DOC, EVEN_K, BLOCK_N)
-            dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, s_kt, s_vt, q_pos, doc_q, DOC, a, b2, T_k, W,
-                            qk_scale, offs_n, offs_d, False, HAS_DOC, EVEN_K, BLOCK_N)
-            dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, s_kt, s_vt, q_pos, doc_q, DOC, b2, hi, T_k, W,
-                            qk_scale, offs_n, offs_d, True, HAS_DOC, EVEN_K, BLOCK_N)
+        lo, a, b2, hi = _key_ranges(pid_m * BLOCK_M + offset, T_k, W, HAS_DOC, BLOCK_M, BLOCK_N)
+        for part in tl.static_range(3 - 2 * HAS_DOC):
+            start, end = _part(lo, a, b2, hi, part)
+            dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, s_kt, s_vt, q_pos, doc_q, DOC, start, end, T_k, W,
+                            qk_scale, offs_n, offs_d, part != 1, HAS_DOC, EVEN_K, BLOCK_N)
         dq *= sm_scale
         tl.store(DQ + b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty),
                  mask=in_q[:, None])
