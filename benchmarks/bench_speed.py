@@ -186,6 +186,15 @@ def _train_case(name: str, model, layer_types, window, compile_blocks: bool) -> 
         final_loss=round(float(losses[-1]), 4))
 
 
+def _forced_train_kernels() -> list[str]:
+    """Kernels the train section also forces, to compare with what ``attention_kernel="auto"`` picks."""
+    if not torch.cuda.is_available():
+        return []
+    from hybrid_hf.modeling.attention_kernels import flash_attn_available
+
+    return ["flex"] + (["flash_attn"] if flash_attn_available() else [])
+
+
 @section
 def train() -> None:
     s = shapes()
@@ -204,9 +213,9 @@ def train() -> None:
         _train_run(f"hybrid_hf kernels+fusedCE [{label}]", HybridForCausalLM(cfg), lt, w)
         if not SMOKE:
             _train_run(f"hybrid_hf kernels+fusedCE+compile [{label}]", HybridForCausalLM(cfg), lt, w, True)
-            if torch.cuda.is_available():  # the same with FlexAttention forced for the sliding layers
-                flex_cfg = ours_config(lt, w, fused_cross_entropy=True, attention_kernel="flex", **extra)
-                _train_run(f"hybrid_hf flex+fusedCE+compile [{label}]", HybridForCausalLM(flex_cfg), lt, w, True)
+            for forced in _forced_train_kernels():  # the same with another kernel forced for every attention layer
+                forced_cfg = ours_config(lt, w, fused_cross_entropy=True, attention_kernel=forced, **extra)
+                _train_run(f"hybrid_hf {forced}+fusedCE+compile [{label}]", HybridForCausalLM(forced_cfg), lt, w, True)
     # GDN hybrid (1:1 with full attention) when the mixer is available
     if TRAIN_CASES is not None and "1:1 GDN" not in TRAIN_CASES:
         return

@@ -83,6 +83,24 @@ def test_resolve_kernel_auto_and_errors():
         resolve_kernel("triton", cpu, "sliding_attention")
 
 
+@pytest.mark.parametrize(
+    ("triton", "flash", "sliding", "full"),
+    [(True, True, "triton", "sdpa"), (False, True, "flash_attn", "sdpa"), (False, False, "flex", "sdpa")],
+)
+def test_auto_kernel_on_cuda_follows_the_measured_order(monkeypatch, triton, flash, sliding, full):
+    """auto on CUDA: sliding layers on our Triton kernel, else flash-attn, else FlexAttention; full layers on SDPA
+    even when flash-attn is installed (benchmarks/results/attention-kernels-profile-h200-run13.md)."""
+    from hybrid_hf.modeling import attention_kernels
+
+    monkeypatch.setattr(attention_kernels, "triton_available", lambda: triton)
+    monkeypatch.setattr(attention_kernels, "flash_attn_available", lambda: flash)
+    cuda = torch.device("cuda")  # a device object only: nothing is allocated
+    assert resolve_kernel("auto", cuda, "sliding_attention") == sliding
+    assert resolve_kernel("auto", cuda, "full_attention") == full
+    if flash:  # an explicit choice is honoured whatever auto would pick
+        assert resolve_kernel("flash_attn", cuda, "full_attention") == "flash_attn"
+
+
 def test_invalid_kernel_name_is_rejected():
     with pytest.raises(ValueError, match="`attention_kernel`"):
         tiny_config("SF", attention_kernel="cudnn")

@@ -3,16 +3,25 @@
 Window convention everywhere in hybrid_hf: a window ``W`` covers ``W`` keys including the current token, i.e. query
 ``i`` sees keys ``i-W+1 .. i``. flash-attn spells the same window ``window_size=(W - 1, 0)``.
 
-Kernels, chosen by ``config.attention_kernel`` (``"auto"`` picks the first available on the inputs' device):
+Kernels, chosen by ``config.attention_kernel``:
 
 - ``"flash_attn"``: FlashAttention-4 (``flash_attn.cute``) or flash-attn 2.x ``flash_attn_func``/
-  ``flash_attn_varlen_func`` (CUDA, optional packages; FA4 preferred when both are installed);
+  ``flash_attn_varlen_func`` (CUDA, optional packages; FA4 preferred when both are installed). Runs outside
+  ``torch.compile`` graphs (a graph break per call): dynamo cannot trace the CuTe-DSL kernels;
 - ``"triton"``: hybrid_hf's own sliding-window flash attention (``triton_attention``; CUDA with triton), which visits
   only the blocks inside the window and takes packed documents as a document-id vector (fp16/bf16; fp32 inputs run
   FlexAttention, whose fp32 matmuls are not rounded to TF32);
 - ``"flex"``: FlexAttention with a sliding-window (and document) block mask built once per shape and compiled once;
 - ``"sdpa"``: ``scaled_dot_product_attention`` — ``is_causal`` for full layers (cuDNN/flash backends on CUDA), an
   explicit boolean mask for windows and documents (the reference; O(T^2) memory).
+
+``"auto"`` picks per layer type what measured fastest in a training step on an H200
+(``benchmarks/results/attention-kernels-profile-h200-run13.md``, ``speed-h200-run13-train-fa4.md``): sliding layers
+run ``"triton"`` (else ``"flash_attn"``, else ``"flex"``), full layers ``"sdpa"`` (cuDNN/flash backends); on CPU
+everything runs ``"sdpa"``. FlashAttention-4's kernels are faster in isolation for windows >= 2048 and full causal
+attention (head_dim 128), but at the model's shapes (head_dim 64, 2 x 8k tokens) its sliding-window calls are
+launch-bound (~1 ms of host time per fwd+bwd against ~0.4 ms of GPU work) and a compiled train step with it is 4%
+slower than with the Triton kernel; it is an explicit choice.
 
 Optional CUDA packages are imported lazily so that remote-code loading never needs them.
 """
@@ -73,7 +82,8 @@ def flex_available() -> bool:
 
 
 def resolve_kernel(requested: str, device: torch.device, layer_type: str) -> str:
-    """Kernel for one layer on ``device``; raises if an explicitly requested kernel cannot run there."""
+    """Kernel for one layer type on ``device`` (see the module docstring for what ``"auto"`` picks); raises if an
+    explicitly requested kernel cannot run there."""
     if requested not in ATTENTION_KERNELS or requested == "transformers":
         raise ValueError(f"attention_kernel={requested!r}; allowed here: flash_attn, triton, flex, sdpa, auto")
     on_cuda = device.type == "cuda"
@@ -92,13 +102,13 @@ def resolve_kernel(requested: str, device: torch.device, layer_type: str) -> str
     if requested == "sdpa":
         return "sdpa"
     # auto
-    if on_cuda and flash_attn_available():
-        return "flash_attn"
-    if layer_type == "full_attention":
-        return "sdpa"  # cuDNN / flash SDPA backends beat FlexAttention on full causal attention
-    if on_cuda and triton_available():
+    if layer_type == "full_attention" or not on_cuda:
+        return "sdpa"  # cuDNN / flash SDPA backends: faster than Flex and our Triton kernel on full causal attention
+    if triton_available():
         return "triton"
-    return "flex" if on_cuda and flex_available() else "sdpa"
+    if flash_attn_available():
+        return "flash_attn"
+    return "flex" if flex_available() else "sdpa"
 
 
 def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
@@ -245,6 +255,7 @@ def _sdpa(q, k, v, window, scale, cu_seqlens):
 
 
 # ----------------------------------------------------------------------------------------------- flash-attn
+@torch.compiler.disable  # a clean graph break: dynamo tracing into FA4's CuTe-DSL interface halved a compiled step
 def _flash(q, k, v, window, scale, cu_seqlens):
     """flash-attn's window kernels; returns (B, Tq, H, D) (flash-attn's own layout)."""
     fa, is_fa4 = _flash_interface()

@@ -100,8 +100,8 @@ class HybridConfig(PreTrainedConfig):
             ``attn_implementation`` eager, sdpa or flex_attention, disable the fused kernels and are refused by
             ``HybridStaticCache`` (``generate_fast``).
         attention_kernel: ``"auto"`` (default: on CUDA with the sdpa implementation, training and prefill use
-            flash-attn window kernels if installed, else hybrid_hf's Triton window kernel (FlexAttention without
-            triton) for sliding layers and cuDNN/flash SDPA for full layers), an explicit
+            hybrid_hf's Triton window kernel for sliding layers (flash-attn's, then FlexAttention, without triton)
+            and cuDNN/flash SDPA for full layers), an explicit
             ``"flash_attn"``/``"triton"``/``"flex"``/``"sdpa"``, or ``"transformers"`` to always use
             transformers' attention interface (``attn_implementation``).
         fused_cross_entropy: Compute the training loss chunk by chunk from hidden states without materialising
