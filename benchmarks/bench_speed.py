@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybrid_hf import HybridConfig, HybridForCausalLM  # noqa: E402
 from hybrid_hf.generation import generate_fast  # noqa: E402
-from hybrid_hf.modeling.attention_kernels import causal_attention  # noqa: E402
+from hybrid_hf.modeling.attention_kernels import available_kernels, causal_attention  # noqa: E402
 
 PEAK_FLOPS = 790e12  # bf16 dense matmul measured on the H200 (KINDS.md); the baseline file uses the same
 TRAIN_CASES: list[str] | None = None
@@ -190,9 +190,7 @@ def _forced_train_kernels() -> list[str]:
     """Kernels the train section also forces, to compare with what ``attention_kernel="auto"`` picks."""
     if not torch.cuda.is_available():
         return []
-    from hybrid_hf.modeling.attention_kernels import flash_attn_available
-
-    return ["flex"] + (["flash_attn"] if flash_attn_available() else [])
+    return [k for k in available_kernels(torch.device("cuda")) if k in ("flex", "flash_attn")]
 
 
 @section
@@ -366,9 +364,7 @@ def kernels() -> None:
 
 def _sliding_kernels() -> list[str]:
     """Every sliding-window kernel of ours this machine can run: our Triton kernel, and flash-attn's when installed."""
-    from hybrid_hf.modeling.attention_kernels import flash_attn_available
-
-    return ["triton"] + (["flash_attn"] if flash_attn_available() else [])
+    return [k for k in available_kernels(torch.device("cuda")) if k in ("triton", "flash_attn")]
 
 
 def _swa_case(flex, create_block_mask, n: int, w: int, heads: int, d: int, dtype: torch.dtype) -> None:

@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_speed import environment  # noqa: E402
+from bench_speed import environment, timeit  # noqa: E402
 
-from hybrid_hf.modeling.attention_kernels import causal_attention, flash_attn_available  # noqa: E402
+from hybrid_hf.modeling.attention_kernels import available_kernels, causal_attention  # noqa: E402
 
 # (label, batch, q heads, kv heads, head dim, tokens, window)
 CASES = [("kernel", 1, 16, 16, 128, n, w) for n in (8192, 32768) for w in (128, 512, 2048, None)]
@@ -40,21 +40,13 @@ CASES += [("model", 2, 16, 8, 64, 8192, w) for w in (128, 512, None)]
 
 
 def kernels_for(window: int | None) -> list[str]:
-    names = ["flex", "triton"] + (["flash_attn"] if flash_attn_available() else [])
-    return names + (["sdpa"] if window is None else [])
+    """Every kernel this GPU can run; SDPA (an O(T^2) boolean mask for windows) only for full causal layers."""
+    return [k for k in available_kernels(torch.device("cuda")) if k != "sdpa" or window is None]
 
 
 def wall_ms(fn, rounds: int = 3, iters: int = 20) -> float:
-    times = []
-    for _ in range(rounds):
-        fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) / iters * 1e3)
-    return sorted(times)[len(times) // 2]
+    """Median over rounds of the synchronised time per call (``bench_speed.timeit``), in ms."""
+    return sorted(timeit(fn, 1, iters) for _ in range(rounds))[rounds // 2] * 1e3
 
 
 def host_ms(fn, iters: int = 20) -> float:

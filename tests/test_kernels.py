@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_config, tiny_model
 
 from hybrid_hf import HybridForCausalLM
-from hybrid_hf.modeling.attention_kernels import cu_seqlens_from_position_ids, resolve_kernel
+from hybrid_hf.modeling.attention_kernels import available_kernels, cu_seqlens_from_position_ids, resolve_kernel
 
 
 def _pair(pattern: str, kernel: str, **overrides):
@@ -77,6 +77,7 @@ def test_resolve_kernel_auto_and_errors():
     cpu = torch.device("cpu")
     assert resolve_kernel("auto", cpu, "sliding_attention") == "sdpa"
     assert resolve_kernel("flex", cpu, "full_attention") == "flex"
+    assert available_kernels(cpu) == ["flex", "sdpa"]
     with pytest.raises(ValueError, match="flash_attn"):
         resolve_kernel("flash_attn", cpu, "full_attention")
     with pytest.raises(ValueError, match="triton"):
@@ -99,6 +100,7 @@ def test_auto_kernel_on_cuda_follows_the_measured_order(monkeypatch, triton, fla
     assert resolve_kernel("auto", cuda, "full_attention") == full
     if flash:  # an explicit choice is honoured whatever auto would pick
         assert resolve_kernel("flash_attn", cuda, "full_attention") == "flash_attn"
+    assert available_kernels(cuda) == ["flash_attn"] * flash + ["triton"] * triton + ["flex", "sdpa"]
 
 
 def test_invalid_kernel_name_is_rejected():

@@ -111,6 +111,17 @@ def resolve_kernel(requested: str, device: torch.device, layer_type: str) -> str
     return "flex" if flex_available() else "sdpa"
 
 
+def available_kernels(device: torch.device) -> list[str]:
+    """The explicit ``attention_kernel`` values that can run on ``device`` (those ``resolve_kernel`` accepts)."""
+    names = []
+    for name in ("flash_attn", "triton", "flex", "sdpa"):
+        try:
+            names.append(resolve_kernel(name, device, "sliding_attention"))
+        except ValueError:
+            continue
+    return names
+
+
 def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """Per-token document index (length ``total``) from cumulative sequence lengths ``[0, l0, l0+l1, ...]``."""
     positions = torch.arange(total, device=cu_seqlens.device)
