@@ -8,7 +8,7 @@ from conftest import tiny_config, tiny_model
 
 from hybrid_hf import HybridConfig
 from hybrid_hf.modeling import output_cache
-from hybrid_hf.modeling.ops_linear_attention import (
+from hybrid_hf.modeling.linear_attention_ops import (
     causal_conv1d,
     gated_delta_chunked,
     gated_delta_recurrent,
@@ -190,7 +190,7 @@ def test_save_load_identical(tmp_path, mixer):
 
     model = _linear_model("LF", mixer)
     model.save_pretrained(tmp_path)
-    assert (tmp_path / "linear_attention.py").exists() and (tmp_path / "ops_linear_attention.py").exists()
+    assert (tmp_path / "linear_attention.py").exists() and (tmp_path / "linear_attention_ops.py").exists()
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     ids = torch.randint(3, 128, (1, 17))
     with torch.no_grad():
@@ -252,7 +252,7 @@ def test_generate_fast_with_recurrent_layers(mixer):
 
 def test_kernel_dispatch_guard_and_cpu_path():
     """fla #640's broken triton range is recognised; CPU tensors always take the reference (no fla, no warning)."""
-    from hybrid_hf.modeling import kernels
+    from hybrid_hf.modeling import linear_attention_dispatch as kernels
 
     assert kernels.triton_has_hopper_bwd_bug("3.6.0") and kernels.triton_has_hopper_bwd_bug("3.4.0+git1234")
     assert not kernels.triton_has_hopper_bwd_bug("3.7.1") and not kernels.triton_has_hopper_bwd_bug("3.3.1")

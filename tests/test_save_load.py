@@ -79,3 +79,33 @@ def test_remote_code_load_in_fresh_process_without_hybrid_hf(tmp_path):
     assert torch.equal(remote["logits"], local)
     local_gen = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(remote["generated"], local_gen)
+
+
+# Names a shipped remote-code file must never take: importable packages, and well-known ones that transformers or
+# torch probe for (``is_kernels_available()`` imports ``kernels`` from the current directory, say).
+WELL_KNOWN_MODULES = {"kernels", "triton", "flash_attn", "fla", "torch", "transformers", "accelerate", "peft", "safetensors",
+                      "tokenizers", "einops", "causal_conv1d", "mamba_ssm", "deepspeed", "bitsandbytes", "liger_kernel"}
+
+
+def test_shipped_files_shadow_no_package_and_load_with_cwd_inside_folder(tmp_path):
+    import importlib.util
+
+    model = tiny_model("SLFF", linear_attention_type="gated_deltanet")
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
+    stems = {p.stem for p in folder.glob("*.py")}
+    assert {"modeling_hybrid", "configuration_hybrid", "linear_attention"} <= stems
+    for stem in stems:
+        assert stem not in WELL_KNOWN_MODULES, stem
+        assert importlib.util.find_spec(stem) is None, f"shipped {stem}.py shadows an importable module"
+    ids = torch.randint(3, 128, (1, 9))
+    torch.save(ids, folder.parent / "ids.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    # `python -c` puts the current directory first on sys.path, as an interactive session inside the folder does
+    proc = subprocess.run(
+        [sys.executable, "-c", REMOTE_LOAD, ".", str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "out.pt")["logits"], model(ids).logits)

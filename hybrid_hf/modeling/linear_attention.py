@@ -7,7 +7,7 @@
 - ``lightning``: Lightning attention as in MiniMax-01 — SiLU q, k, v; linear attention with a fixed per-head
   exponential decay (ALiBi-style slopes scaled by depth); RMSNorm, sigmoid output gate.
 
-Maths: ``ops_linear_attention`` (PyTorch reference, chunked + recurrent); ``kernels`` picks it or, on CUDA,
+Maths: ``linear_attention_ops`` (PyTorch reference, chunked + recurrent); ``linear_attention_dispatch`` picks it or, on CUDA,
 flash-linear-attention (fla) kernels when installed (imported lazily, never needed for loading). Decode state lives
 in transformers' ``LinearAttentionLayer`` (conv + recurrent state, O(1) per layer). Packed documents (``cu_seq_lens_q``) reset the
 state and the conv at every document start; left padding is neutralised (no decay, no update on pad tokens).
@@ -24,8 +24,8 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 from .configuration_hybrid import HybridConfig
-from .kernels import gated_delta_attention, scalar_decay_attention
-from .ops_linear_attention import causal_conv1d, l2_normalize
+from .linear_attention_dispatch import gated_delta_attention, scalar_decay_attention
+from .linear_attention_ops import causal_conv1d, l2_normalize
 
 
 # ---------------------------------------------------------------------------------------------- modules

@@ -1,5 +1,5 @@
 """One dispatch point for the recurrent mixers' maths: fla's Triton kernels on CUDA when installed (and when their
-backward is trustworthy), else the PyTorch reference of ``ops_linear_attention``.
+backward is trustworthy), else the PyTorch reference of ``linear_attention_ops``.
 
 fla and triton are imported by name at call time (``importlib``), so loading a checkpoint with remote code never
 requires them.
@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from .ops_linear_attention import (
+from .linear_attention_ops import (
     gated_delta_chunked,
     gated_delta_recurrent,
     scalar_decay_chunked,
