@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybrid_hf import HybridConfig  # noqa: E402
-from hybrid_hf.modeling import linear_attention_dispatch as kernels  # noqa: E402
 from hybrid_hf.modeling import linear_attention as la  # noqa: E402
-from hybrid_hf.modeling.modeling_hybrid import HybridAttention, HybridRotaryEmbedding  # noqa: E402
+from hybrid_hf.modeling import linear_attention_dispatch as kernels  # noqa: E402
 from hybrid_hf.modeling.linear_attention_ops import gated_delta_chunked, l2_normalize, scalar_decay_chunked  # noqa: E402
+from hybrid_hf.modeling.modeling_hybrid import HybridAttention, HybridRotaryEmbedding  # noqa: E402
 
 RESULTS: list[dict] = []
 
