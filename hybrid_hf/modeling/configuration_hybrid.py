@@ -7,9 +7,11 @@ libraries and transformers, and relative modules of this folder.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from transformers import PreTrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 LAYER_TYPES = ("full_attention", "sliding_attention", "linear_attention")
@@ -17,7 +19,24 @@ PATTERN_LETTERS = {"F": "full_attention", "S": "sliding_attention", "L": "linear
 POSITION_ENCODINGS = ("rope", "nope")
 LINEAR_ATTENTION_TYPES = ("gated_deltanet", "mamba2", "lightning")
 ATTENTION_KERNELS = ("auto", "flash_attn", "triton", "flex", "sdpa", "transformers")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
+# Keys each transformers rope_type reads besides `rope_type`, `rope_theta` and `partial_rotary_factor`, as
+# (required, optional): transformers' `_validate_<type>_rope_parameters` and `ROPE_INIT_FUNCTIONS`.
+_ROPE_TYPE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "default": ((), ()),
+    "linear": (("factor",), ()),
+    "dynamic": (("factor",), ()),
+    "yarn": (
+        ("factor", "original_max_position_embeddings"),
+        ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"),
+    ),
+    "longrope": (("short_factor", "long_factor", "original_max_position_embeddings"), ("factor", "attention_factor")),
+    "llama3": (("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"), ()),
+    "proportional": ((), ("factor",)),
+}
+# Every type of the installed transformers that has a schema above (tests check that none is missing).
+SUPPORTED_ROPE_TYPES = tuple(t for t in _ROPE_TYPE_KEYS if t == "default" or t in ROPE_INIT_FUNCTIONS)
+# Types whose `original_max_position_embeddings` defaults to `max_position_embeddings` (transformers' standardisation)
+_ROPE_TYPES_WITH_ORIGINAL_MAX = ("llama3", "yarn", "longrope")
 
 # Paper sizes S1-S5 (non-embedding parameters about 15M, 31.5M, 65M, 104M, 477M).
 SIZES: dict[str, dict[str, int]] = {
@@ -356,33 +375,43 @@ class HybridConfig(PreTrainedConfig):
     def _resolve_rope_parameters(
         self, rope_parameters: dict[str, Any] | None, rope_theta: float | None, sliding_rope_theta: float | None
     ) -> dict[str, Any]:
-        """Normalise to a dict keyed by attention layer type (``full_attention``/``sliding_attention``)."""
+        """Normalise to a dict keyed by attention layer type (``full_attention``/``sliding_attention``), fill
+        transformers' defaults (``rope_type``, ``rope_theta``, ``original_max_position_embeddings``) and validate."""
         if rope_parameters is not None and not isinstance(rope_parameters, dict):
             raise _invalid("rope_parameters", rope_parameters, "a dict (flat, or keyed by attention layer type)")
         rp = copy.deepcopy(rope_parameters) if rope_parameters else {}
         nested = bool(rp) and all(k in ATTENTION_LAYER_TYPES for k in rp)
         if rp and not nested and any(k in LAYER_TYPES for k in rp):
-            raise _invalid("rope_parameters", rope_parameters, "either a flat dict or one keyed only by layer types")
-        per_type = {t: dict(rp.get(t) or {}) for t in ATTENTION_LAYER_TYPES} if nested else {t: dict(rp) for t in ATTENTION_LAYER_TYPES}
+            raise _invalid(
+                "rope_parameters", rope_parameters, f"either a flat dict or one keyed only by {', '.join(ATTENTION_LAYER_TYPES)}"
+            )
+        per_type = {}
+        for t in ATTENTION_LAYER_TYPES:
+            params = rp.get(t) if nested else rp
+            if params is not None and not isinstance(params, dict):
+                raise _invalid(f"rope_parameters.{t}", params, "a dict of RoPE parameters, or None for defaults")
+            per_type[t] = dict(params or {})
         for t, params in per_type.items():
-            if "type" in params:
+            where = f"rope_parameters.{t}" if nested else "rope_parameters"
+            if "type" in params:  # the pre-5.0 name of `rope_type`
                 params.setdefault("rope_type", params.pop("type"))
             params.setdefault("rope_type", "default")
-            theta = sliding_rope_theta if (t == "sliding_attention" and sliding_rope_theta is not None) else rope_theta
+            theta_field = "sliding_rope_theta" if (t == "sliding_attention" and sliding_rope_theta is not None) else "rope_theta"
+            theta = sliding_rope_theta if theta_field == "sliding_rope_theta" else rope_theta
             if theta is not None:
+                _check_number(theta_field, theta, "> 0")
                 params["rope_theta"] = float(theta)
-            params.setdefault("rope_theta", 10000.0)
-            if params["rope_type"] not in SUPPORTED_ROPE_TYPES:
-                raise _invalid("rope_parameters.rope_type", params["rope_type"], ", ".join(SUPPORTED_ROPE_TYPES))
-            if params["rope_theta"] <= 0:
-                raise _invalid("rope_parameters.rope_theta", params["rope_theta"], "a positive float")
-            if params["rope_type"] in ("llama3", "yarn", "longrope"):
+            params.setdefault("rope_theta", self.default_theta)
+            if params["rope_type"] in _ROPE_TYPES_WITH_ORIGINAL_MAX:
                 params.setdefault("original_max_position_embeddings", self.max_position_embeddings)
-            # RoPE scaling only makes sense where some layer of that type actually uses RoPE.
-            uses_rope = any(lt == t and pe == "rope" for lt, pe in zip(self.layer_types, self.position_encodings))
-            if params["rope_type"] != "default" and not uses_rope and t in self.layer_types:
+            _check_rope_type_parameters(where, params, self.head_dim)
+        # RoPE scaling only makes sense where some layer actually uses RoPE: a flat dict scales the RoPE layers of
+        # either type, a per-type entry those of its type.
+        rope_types = {lt for lt, pe in zip(self.layer_types, self.position_encodings) if pe == "rope"}
+        for t in (t for t in ATTENTION_LAYER_TYPES if nested or not rope_types):
+            if per_type[t]["rope_type"] != "default" and t not in rope_types and t in self.layer_types:
                 raise _invalid(
-                    "rope_parameters",
+                    f"rope_parameters.{t}" if nested else "rope_parameters",
                     rope_parameters,
                     f"no RoPE scaling for {t} layers, which are all NoPE (drop the scaling or use rope_type='default')",
                 )
@@ -396,20 +425,106 @@ class HybridConfig(PreTrainedConfig):
         return "".join(inv[t] for t in self.layer_types)
 
     def convert_rope_params_to_dict(self, **kwargs: Any) -> dict[str, Any]:
-        """RoPE parameters were normalised in ``_resolve_rope_parameters``; only drop legacy keys here (some
-        transformers versions would otherwise write a top-level ``rope_theta`` into the per-type dict)."""
-        kwargs.pop("rope_scaling", None)
-        kwargs.pop("rope_theta", None)
+        """transformers' hook for legacy RoPE keys left in ``kwargs`` (``rope_parameters`` itself was resolved in
+        ``__init__``): ``rope_scaling`` (the pre-5.0 name of ``rope_parameters``, which wins as in transformers; its
+        layer types keep their ``rope_theta`` unless it sets one) and a top-level ``partial_rotary_factor``."""
+        kwargs.pop("rope_theta", None)  # some versions write it back; it already lives in `rope_parameters`
+        rope_scaling = kwargs.pop("rope_scaling", None)
+        partial_rotary_factor = kwargs.pop("partial_rotary_factor", None)
+        if rope_scaling is None and partial_rotary_factor is None:
+            return kwargs
+        if rope_scaling is None:
+            rope_scaling = copy.deepcopy(self.rope_parameters)
+        elif not isinstance(rope_scaling, dict):
+            raise _invalid("rope_scaling", rope_scaling, "a dict of RoPE parameters (better: pass `rope_parameters`)")
+        nested = bool(rope_scaling) and all(k in ATTENTION_LAYER_TYPES for k in rope_scaling)
+        merged = {}
+        for t in ATTENTION_LAYER_TYPES:
+            params = rope_scaling.get(t) if nested else rope_scaling
+            if params is not None and not isinstance(params, dict):
+                raise _invalid(f"rope_scaling.{t}", params, "a dict of RoPE parameters")
+            merged[t] = {"rope_theta": self.rope_parameters[t]["rope_theta"], **(params or {})}
+            if partial_rotary_factor is not None:
+                merged[t].setdefault("partial_rotary_factor", partial_rotary_factor)
+        self.rope_parameters = self._resolve_rope_parameters(merged, None, None)
         return kwargs
 
     def standardize_rope_params(self) -> None:
-        return None
+        """transformers' hook (e.g. after ``config.rope_scaling = ...``): bring ``rope_parameters`` back to the
+        per-layer-type form with defaults filled in, validating it."""
+        self.rope_parameters = self._resolve_rope_parameters(self.rope_parameters, None, None)
 
     def validate_layer_type(self) -> None:  # transformers' hook; our own checks ran at construction
         return None
 
-    def validate_rope(self) -> None:  # RoPE parameters are validated in `_resolve_rope_parameters`
-        return None
+    def validate_rope(self) -> None:
+        """transformers' hook (run by ``config.validate()``): raise ``ValueError`` for invalid ``rope_parameters``,
+        e.g. after they were edited in place. Leaves them unchanged."""
+        self._resolve_rope_parameters(self.rope_parameters, None, None)
+
+
+def _check_number(field: str, value: Any, bound: str) -> None:
+    """``value`` must be a finite int/float (not a bool) satisfying ``bound``: ``"> 0"`` or ``">= 1"``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and bound == "> 0":
+        ok = value > 0
+    elif ok and bound == ">= 1":
+        ok = value >= 1
+    if not ok:
+        raise _invalid(field, value, f"a finite number {bound}")
+
+
+def _check_rope_type_parameters(where: str, params: dict[str, Any], head_dim: int) -> None:
+    """Validate one layer type's standardised RoPE parameters (``where`` names the dict in messages): the keys
+    its ``rope_type`` reads, their types and ranges. Stricter than transformers, which only logs warnings for bad
+    values and unknown keys."""
+    rope_type = params["rope_type"]
+    if not isinstance(rope_type, str) or rope_type not in SUPPORTED_ROPE_TYPES:
+        raise _invalid(f"{where}.rope_type", rope_type, ", ".join(SUPPORTED_ROPE_TYPES))
+    required, optional = _ROPE_TYPE_KEYS[rope_type]
+    allowed = ("rope_type", "rope_theta", "partial_rotary_factor", *required, *optional)
+    for key in params:
+        if key not in allowed:
+            raise _invalid(f"{where}.{key}", params[key], f"no such key for rope_type={rope_type!r}; its keys are {', '.join(allowed)}")
+    for key in required:
+        if key not in params:
+            raise _invalid(f"{where}.{key}", None, f"a value (required for rope_type={rope_type!r})")
+    _check_number(f"{where}.rope_theta", params["rope_theta"], "> 0")
+    partial = params.get("partial_rotary_factor", 1.0)
+    if not (isinstance(partial, (int, float)) and not isinstance(partial, bool) and 0 < partial <= 1):
+        raise _invalid(f"{where}.partial_rotary_factor", partial, "a number in (0, 1]")
+    rotary_dim = int(head_dim * partial)
+    if rotary_dim < (4 if rope_type == "dynamic" else 2):  # dynamic NTK divides by rotary_dim - 2
+        raise _invalid(
+            f"{where}.partial_rotary_factor", partial, f"a fraction of head_dim={head_dim} of at least 4 channels for dynamic, 2 otherwise"
+        )
+    # yarn and longrope infer a `factor` of None as max_position_embeddings / original_max_position_embeddings
+    if "factor" in params and not (params["factor"] is None and rope_type in ("yarn", "longrope")):
+        _check_number(f"{where}.factor", params["factor"], "> 0" if rope_type == "proportional" else ">= 1")
+    if "original_max_position_embeddings" in params:
+        original = params["original_max_position_embeddings"]
+        if not isinstance(original, int) or isinstance(original, bool) or original < 1:
+            raise _invalid(f"{where}.original_max_position_embeddings", original, "a positive integer")
+    for key in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "low_freq_factor", "high_freq_factor"):
+        if params.get(key) is not None or (key in params and key in required):
+            _check_number(f"{where}.{key}", params[key], "> 0")
+    if "truncate" in params and not isinstance(params["truncate"], bool):
+        raise _invalid(f"{where}.truncate", params["truncate"], "True or False")
+    if rope_type == "yarn" and (params.get("beta_fast") or 32) <= (params.get("beta_slow") or 1):
+        raise _invalid(f"{where}.beta_fast", params.get("beta_fast"), "a number > beta_slow (defaults 32 and 1)")
+    if rope_type == "llama3" and params["high_freq_factor"] <= params["low_freq_factor"]:
+        raise _invalid(f"{where}.high_freq_factor", params["high_freq_factor"], "a number > low_freq_factor")
+    if rope_type == "longrope":
+        for key in ("short_factor", "long_factor"):
+            value = params[key]
+            numbers = isinstance(value, (list, tuple)) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in value
+            )
+            if not numbers or len(value) != (rotary_dim + 1) // 2:
+                raise _invalid(
+                    f"{where}.{key}", value, f"a list of {(rotary_dim + 1) // 2} positive numbers (one per rotary frequency)"
+                )
+            params[key] = list(value)  # JSON has no tuples: keep the saved config identical
 
 
 def _linear_mixer_sizes(kind: str, sizes: dict[str, Any]) -> dict[str, Any]:
