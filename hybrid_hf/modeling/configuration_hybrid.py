@@ -485,10 +485,10 @@ def _check_rope_type_parameters(where: str, params: dict[str, Any], head_dim: in
     allowed = ("rope_type", "rope_theta", "partial_rotary_factor", *required, *optional)
     for key in params:
         if key not in allowed:
-            raise _invalid(f"{where}.{key}", params[key], f"no such key for rope_type={rope_type!r}; its keys are {', '.join(allowed)}")
+            raise _invalid(f"{where}.{key}", params[key], f"only the keys of rope_type={rope_type!r}: {', '.join(allowed)}")
     for key in required:
         if key not in params:
-            raise _invalid(f"{where}.{key}", None, f"a value (required for rope_type={rope_type!r})")
+            raise _invalid(f"{where}.{key}", "<missing>", f"a value; rope_type={rope_type!r} requires {', '.join(required)}")
     _check_number(f"{where}.rope_theta", params["rope_theta"], "> 0")
     partial = params.get("partial_rotary_factor", 1.0)
     if not (isinstance(partial, (int, float)) and not isinstance(partial, bool) and 0 < partial <= 1):
