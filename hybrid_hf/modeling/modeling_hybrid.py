@@ -26,6 +26,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import can_return_tuple
 
 from .attention_kernels import causal_attention, cu_seqlens_from_position_ids, resolve_kernel
+from .checkpoint_loading import from_pretrained_checked
 from .configuration_hybrid import ATTENTION_LAYER_TYPES, HybridConfig
 from .linear_attention import LINEAR_MIXERS, build_linear_mixer
 from .rotary import HybridRotaryEmbedding, apply_rotary_pos_emb, rotate_half  # noqa: F401  (also imported from here)
@@ -305,6 +306,12 @@ class HybridPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = False
     _keep_in_fp32_modules = ["A_log", "dt_bias"]
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``from_pretrained``; weights that do not fit the config raise ``CheckpointMismatchError``
+        naming the tensors and the config field (``checkpoint_loading.py``)."""
+        return from_pretrained_checked(super().from_pretrained, *args, **kwargs)
 
     @property
     def _is_stateful(self) -> bool:  # recurrent state cannot be rolled back (assisted decoding refuses)
