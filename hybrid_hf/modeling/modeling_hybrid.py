@@ -23,14 +23,17 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import can_return_tuple
+from transformers.utils import can_return_tuple, logging
 
 from .attention_kernels import causal_attention, cu_seqlens_from_position_ids, resolve_kernel
 from .checkpoint_loading import from_pretrained_checked
 from .configuration_hybrid import ATTENTION_LAYER_TYPES, HybridConfig
 from .linear_attention import LINEAR_MIXERS, build_linear_mixer
+from .loss import causal_lm_loss, chunked_cross_entropy
 from .rotary import HybridRotaryEmbedding, apply_rotary_pos_emb, rotate_half  # noqa: F401  (also imported from here)
 from .static_cache import HybridStaticCache
+
+logger = logging.get_logger(__name__)
 
 # transformers 5.24 renamed the cache argument and output field `past_key_values` to `cache` (the old names still work
 # there, with deprecation warnings). Everything below passes and reads the cache under whichever name is installed.
@@ -369,6 +372,91 @@ def _receptive_field_cap(
     return cap
 
 
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def validate_inputs(
+    config: HybridConfig,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: Any,
+    position_ids: torch.Tensor | None,
+    past_length: int,
+) -> None:
+    """Check the model inputs once, at the model entry, with errors naming the argument and the expected shape.
+
+    Shapes are checked always (host-side, free). Token ids are range-checked with one min/max reduction, skipped while
+    ``torch.compile`` traces or a CUDA graph is being captured (a host read is impossible there; a compiled or
+    graph-replayed decode step gets its ids from an earlier, checked step). Positions beyond
+    ``max_position_embeddings`` are allowed (length extrapolation is what NoPE and sliding-window layers are studied
+    for) and logged once: RoPE layers were not trained there."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("HybridModel.forward: pass exactly one of `input_ids` or `inputs_embeds`.")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"`input_ids` has shape {_shape(input_ids)}; expected (batch_size, sequence_length) "
+                f"(a single sequence is `input_ids[None]`)."
+            )
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise ValueError(f"`input_ids` has dtype {input_ids.dtype}; expected an integer dtype (torch.long).")
+        batch, length = input_ids.shape
+        name, given = "input_ids", input_ids
+    else:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+            raise ValueError(
+                f"`inputs_embeds` has shape {_shape(inputs_embeds)}; expected (batch_size, sequence_length, "
+                f"hidden_size={config.hidden_size})."
+            )
+        batch, length = inputs_embeds.shape[:2]
+        name, given = "inputs_embeds", inputs_embeds
+    if batch == 0 or length == 0:
+        raise ValueError(f"`{name}` has shape {_shape(given)}: empty; expected at least one row of at least one token.")
+    if isinstance(attention_mask, torch.Tensor):
+        expected = (batch, past_length + length)
+        if attention_mask.dim() == 2 and _shape(attention_mask) != expected:
+            raise ValueError(
+                f"`attention_mask` has shape {_shape(attention_mask)}; expected {expected} (batch_size, cached + new "
+                f"tokens = {past_length} + {length})."
+            )
+        if attention_mask.dim() == 4 and attention_mask.shape[0] not in (1, batch):
+            raise ValueError(
+                f"`attention_mask` has shape {_shape(attention_mask)}; a 4D mask must have batch size 1 or {batch}."
+            )
+        if attention_mask.dim() not in (2, 4):
+            raise ValueError(
+                f"`attention_mask` has shape {_shape(attention_mask)}; expected {expected} (a 2D padding mask) or a "
+                f"4D mask (batch_size, 1, {length}, key_length)."
+            )
+    if position_ids is not None and (position_ids.dim() != 2 or position_ids.shape[0] not in (1, batch)
+                                     or position_ids.shape[1] != length):
+        raise ValueError(
+            f"`position_ids` has shape {_shape(position_ids)}; expected ({batch}, {length}) or (1, {length})."
+        )
+    if torch.compiler.is_compiling() or (given.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    checks = []
+    if input_ids is not None:
+        checks += [input_ids.min(), input_ids.max()]
+    if position_ids is not None:
+        checks.append(position_ids.max().to(checks[0].dtype if checks else position_ids.dtype))
+    values = torch.stack(checks).tolist() if checks else []
+    if input_ids is not None:
+        low, high = values[0], values[1]
+        if low < 0 or high >= config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"`input_ids` contains the id {bad}; token ids must lie in [0, vocab_size={config.vocab_size})."
+            )
+    last_position = values[-1] if position_ids is not None else past_length + length - 1
+    if last_position >= config.max_position_embeddings:
+        logger.warning_once(
+            f"hybrid_hf: positions reach beyond max_position_embeddings={config.max_position_embeddings}; RoPE "
+            "layers were not trained there (NoPE and sliding-window layers extrapolate by design)."
+        )
+
+
 class HybridModel(HybridPreTrainedModel):
     """The bare decoder stack returning hidden states."""
 
@@ -519,10 +607,12 @@ class HybridModel(HybridPreTrainedModel):
         """Run the decoder stack. ``attention_mask`` is the usual 2D padding mask (or a per-type dict of prepared
         masks). Packed documents are recognised from ``position_ids`` that restart at 0 (or ``cu_seq_lens_q``).
         The cache may be passed as ``cache`` (transformers >= 5.24) or ``past_key_values``."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("HybridModel.forward: pass exactly one of `input_ids` or `inputs_embeds`.")
         past_key_values = resolve_cache_argument(cache, past_key_values)
         cfg = self.config
+        validate_inputs(
+            cfg, input_ids, inputs_embeds, attention_mask, position_ids,
+            past_key_values.get_seq_length() if past_key_values is not None else 0,
+        )
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         if use_cache is None:  # training never needs a cache unless asked for one
@@ -603,44 +693,6 @@ class HybridModel(HybridPreTrainedModel):
         )
 
 
-def chunked_cross_entropy(
-    hidden_states: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    ignore_index: int = -100,
-    shift_labels: torch.Tensor | None = None,
-    chunk_tokens: int = 4096,
-) -> torch.Tensor:
-    """Causal-LM loss of ``hidden_states @ weight.T`` without materialising all logits.
-
-    Same semantics as transformers' ``ForCausalLMLoss`` (labels shifted inside, fp32 logits, mean over valid tokens or
-    sum / ``num_items_in_batch``). Each chunk's logits are recomputed in backward (activation checkpointing), so peak
-    memory holds one chunk of ``chunk_tokens`` x vocab logits instead of all of them.
-    """
-    if shift_labels is None:
-        shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    h = hidden_states.reshape(-1, hidden_states.shape[-1])
-    y = shift_labels.reshape(-1).to(h.device)
-
-    def chunk_loss(h_chunk: torch.Tensor, y_chunk: torch.Tensor) -> torch.Tensor:
-        logits = (h_chunk @ weight.T).float()
-        return nn.functional.cross_entropy(logits, y_chunk, ignore_index=ignore_index, reduction="sum")
-
-    total = h.new_zeros((), dtype=torch.float32)
-    for start in range(0, h.shape[0], chunk_tokens):
-        hc, yc = h[start : start + chunk_tokens], y[start : start + chunk_tokens]
-        if torch.is_grad_enabled() and h.requires_grad:
-            total = total + torch.utils.checkpoint.checkpoint(chunk_loss, hc, yc, use_reentrant=False)
-        else:
-            total = total + chunk_loss(hc, yc)
-    if num_items_in_batch is None:
-        return total / (y != ignore_index).sum().clamp(min=1)
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(total.device)
-    return total / num_items_in_batch
-
-
 class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
     """Hybrid decoder with a language-modelling head."""
 
@@ -697,21 +749,15 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
+        loss = logits = None
+        loss_kwargs = {k: kwargs[k] for k in ("num_items_in_batch", "ignore_index", "shift_labels") if k in kwargs}
         if labels is not None and self.config.fused_cross_entropy:
-            loss_kwargs = {k: kwargs[k] for k in ("num_items_in_batch", "ignore_index", "shift_labels") if k in kwargs}
             loss = chunked_cross_entropy(hidden_states, self.lm_head.weight, labels, **loss_kwargs)
-            return CausalLMOutputWithPast(
-                loss=loss,
-                logits=None,
-                hidden_states=outputs.hidden_states,
-                attentions=outputs.attentions,
-                **{_OUTPUT_CACHE_FIELD: output_cache(outputs)},
-            )
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        else:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, keep, :])
+            if labels is not None:
+                loss = causal_lm_loss(logits, labels, **loss_kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
