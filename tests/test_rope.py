@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -310,6 +311,15 @@ def test_legacy_rope_scaling_and_partial_rotary_factor_keys():
         "rope_type": "linear", "factor": 2.0, "rope_theta": 500.0, "partial_rotary_factor": 0.5
     }
     assert not hasattr(cfg, "partial_rotary_factor") or cfg.partial_rotary_factor is None
+    # assigned after construction (transformers 5.24 standardises in the setter, 5.17 leaves it to the model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers 5.24 deprecates the name
+        cfg.rope_scaling = {"rope_type": "yarn", "factor": 2.0, "rope_theta": 500.0}
+    rotary = HybridRotaryEmbedding(cfg)
+    assert cfg.rope_parameters["full_attention"]["rope_type"] == "yarn" and rotary.attention_scaling["full_attention"] > 1
+    cfg.rope_parameters = {"rope_type": "linear"}
+    with pytest.raises(ValueError, match=r"`rope_parameters\.factor`"):
+        HybridForCausalLM(cfg)
 
 
 def test_validate_rope_catches_in_place_edits():
