@@ -36,6 +36,11 @@ def _load_source(model_or_folder: HybridForCausalLM | str | Path) -> tuple[Hybri
     folder = Path(model_or_folder)
     if not (folder / "config.json").is_file():
         raise ValueError(f"export: `model_or_folder`={str(folder)!r} is not a model folder (no config.json).")
+    config = AutoConfig.from_pretrained(folder)
+    if not isinstance(config, HybridConfig):
+        raise ValueError(
+            f"export: `model_or_folder`={str(folder)!r} holds a {type(config).__name__}, not a hybrid_hf model."
+        )
     return HybridForCausalLM.from_pretrained(folder, dtype="auto"), folder
 
 
@@ -169,8 +174,9 @@ def model_card(config: HybridConfig, to: str, has_tokenizer: bool) -> str:
 
 # ---------------------------------------------------------------------------------------- verification
 def _probe(config: HybridConfig) -> torch.Tensor:
-    """Two rows longer than the window and than two recurrent chunks, from a fixed generator."""
-    length = max(32, (config.sliding_window or 0) * 2 + 5, 2 * config.linear_chunk_size + 5)
+    """Two rows longer than twice the window (and two recurrent chunks), from a fixed generator."""
+    recurrent = "linear_attention" in config.layer_types
+    length = max(32, (config.sliding_window or 0) * 2 + 5, 2 * config.linear_chunk_size + 5 if recurrent else 0)
     length = min(length, config.max_position_embeddings)
     gen = torch.Generator().manual_seed(0)
     low = 3 if config.vocab_size > 3 else 0

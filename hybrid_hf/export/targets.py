@@ -191,7 +191,7 @@ def _recurrent_reasons(config: HybridConfig, target: str) -> list[str]:
 
 def blocking_reasons(config: HybridConfig, target: str) -> list[str]:
     """Why ``config`` cannot be exported exactly to ``target`` (empty list: it can)."""
-    _check_target(target)
+    _check_target(target, config)
     specific = (_attention_reasons if target in ("smollm3", "qwen3", "llama") else _recurrent_reasons)(config, target)
     return specific + _common_reasons(config)
 
@@ -220,6 +220,7 @@ def serving_caveats(config: HybridConfig, target: str) -> list[str]:
 def export_targets(config: HybridConfig) -> list[TargetSupport]:
     """Every export target with whether ``config`` is exactly expressible in it, the reasons if not and the
     serving caveats if so."""
+    _check_target(TARGETS[0], config)
     out = []
     for target, arch in ARCHITECTURES.items():
         reasons = tuple(blocking_reasons(config, target))
@@ -228,7 +229,9 @@ def export_targets(config: HybridConfig) -> list[TargetSupport]:
     return out
 
 
-def _check_target(target: str) -> None:
+def _check_target(target: str, config: HybridConfig | None = None) -> None:
+    if config is not None and not isinstance(config, HybridConfig):
+        raise ValueError(f"export: `config` must be a HybridConfig (a hybrid_hf model), not {type(config).__name__}.")
     if target not in ARCHITECTURES:
         raise ValueError(f"export: invalid `to`={target!r}; allowed: {', '.join(TARGETS)}.")
 
