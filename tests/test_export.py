@@ -215,16 +215,17 @@ def test_bad_arguments(tmp_path):
         export_model(tmp_path / "busy", "llama", tmp_path / "out")
 
 
-def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
-    import hybrid_hf.export.exporter as exporter
-
-    def fail(source, folder):
-        raise ExportVerificationError("forced")
-
-    monkeypatch.setattr(exporter, "verify_export", fail)
-    with pytest.raises(ExportVerificationError, match="forced"):
-        export_model(tiny_model("F"), "llama", tmp_path / "out")
+def test_lossy_export_fails_verification_and_leaves_nothing(tmp_path):
+    # bf16 storage of an fp32 model rounds the weights: a real mismatch, caught before out_dir appears.
+    with pytest.raises(ExportVerificationError, match="logits differ"):
+        export_model(exportable("llama"), "llama", tmp_path / "out", dtype=torch.bfloat16)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bf16_source_exports_exactly(tmp_path):
+    model = exportable("smollm3").to(torch.bfloat16)
+    folder = export_model(model, "smollm3", tmp_path / "out")
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
 
 
 def test_cli_export_list_refusal_and_tokenizer(tmp_path, capsys):

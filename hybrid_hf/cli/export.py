@@ -18,6 +18,9 @@ greedy generation) before it appears (exit 1 if that fails). Serving caveats are
 """
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..export import TARGETS
 
@@ -33,11 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--to", choices=TARGETS, metavar="ARCH", help=f"export target, one of: {', '.join(TARGETS)}")
     p.add_argument("--out", metavar="DIR", help="folder to write the exported checkpoint to")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="stored weight dtype (default auto: the source's; narrowing fails verification)")
     p.add_argument("--list", action="store_true", help="list every target with whether it expresses the model")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from transformers import AutoConfig
 
     from ..export import ExportVerificationError, export_model, export_targets, serving_caveats
@@ -58,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         print("hybrid-hf export: --to ARCH and --out DIR are required (or --list)", file=sys.stderr)
         return 2
     try:
-        out = export_model(args.model, args.to, args.out, overwrite=args.overwrite)
+        dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+        out = export_model(args.model, args.to, args.out, overwrite=args.overwrite, dtype=dtype)
     except ValueError as err:
         print(f"hybrid-hf {err}", file=sys.stderr)
         return 2

@@ -62,6 +62,7 @@ def export_model(
     to: str,
     out_dir: str | Path,
     overwrite: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``model_or_folder`` as a checkpoint of the stock architecture ``to`` (see ``export_targets``) in
     ``out_dir``, loadable by plain transformers without hybrid_hf or remote code.
@@ -71,6 +72,10 @@ def export_model(
     difference <= ``ATOL`` on a probe batch longer than the window, under sdpa and eager) and in cached greedy
     generation; otherwise ``ExportVerificationError`` and nothing is left behind. Tokenizer files beside a source
     folder are copied; a README notes the target and engine caveats. Returns ``out_dir``.
+
+    ``dtype`` sets the stored weight dtype (default: the source's). A dtype narrower than the source's rounds the
+    weights, which verification reports as a mismatch; so can Qwen3.5's ``w - 1`` norm weights in bf16 when a norm
+    weight is below 0.5 (then export in float32).
     """
     if to not in ARCHITECTURES:
         raise ValueError(f"export: invalid `to`={to!r}; allowed: {', '.join(ARCHITECTURES)}.")
@@ -85,7 +90,7 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
-        _write(model, folder, to, staging)
+        _write(model, folder, to, staging, dtype or model.dtype)
         verify_export(model, staging)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -96,20 +101,19 @@ def export_model(
     return out
 
 
-def _write(model: HybridForCausalLM, folder: Path | None, to: str, out: Path) -> None:
+def _write(model: HybridForCausalLM, folder: Path | None, to: str, out: Path, dtype: torch.dtype) -> None:
     config = model.config
     stock_config = AutoConfig.for_model(_model_type(to), **target_config(config, to))
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(stock_config)
     state = map_state_dict(config, model.state_dict(), to)
-    expected = set(skeleton.state_dict())
+    stock = AutoModelForCausalLM.from_config(stock_config, dtype=dtype)
+    expected = set(stock.state_dict())
     if set(state) != expected:
         raise ExportVerificationError(
             f"export to {to}: weight names do not match {ARCHITECTURES[to]} (missing {sorted(expected - set(state))}, "
             f"unexpected {sorted(set(state) - expected)})."
         )
-    stock = AutoModelForCausalLM.from_config(stock_config, dtype=model.dtype)
-    stock.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True, assign=False)
+    # Mapping (e.g. Qwen3.5's `w - 1` norms) is done in the source dtype; `dtype` only sets what is stored.
+    stock.load_state_dict({k: v.detach() for k, v in state.items()}, strict=True)
     if model.generation_config is not None:
         stock.generation_config = copy.deepcopy(model.generation_config)
     stock.save_pretrained(out)
@@ -188,7 +192,9 @@ def verify_export(source: HybridForCausalLM, folder: str | Path) -> float:
     """Check that the stock checkpoint in ``folder`` reproduces ``source``: fp32 logits within ``ATOL`` under each of
     ``VERIFY_IMPLEMENTATIONS`` and identical cached greedy generation. Returns the largest logit difference; raises
     ``ExportVerificationError`` otherwise."""
-    ours = copy.deepcopy(source).float().eval()
+    # Rebuilt rather than cast: casting a bf16 model up would keep its bf16-rounded RoPE buffers.
+    ours = HybridForCausalLM(copy.deepcopy(source.config)).eval()
+    ours.load_state_dict({k: v.float() for k, v in source.state_dict().items()})
     ids = _probe(ours.config)
     reference = ours(ids, use_cache=False).logits
     prompt = ids[:, : max(ids.shape[1] // 2, 1)]
