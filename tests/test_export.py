@@ -13,6 +13,7 @@ import torch
 from conftest import BLOCK_HYBRID_HF, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
+from hybrid_hf import HybridConfig, HybridForCausalLM
 from hybrid_hf.cli.main import main
 from hybrid_hf.data import sample_documents, train_tokenizer
 from hybrid_hf.export import (
@@ -193,6 +194,30 @@ def test_refusals_name_the_blocking_field(tmp_path, pattern, overrides, target, 
         assert needle in str(err.value)
     assert ARCHITECTURES[target] in str(err.value)
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("preset,overrides,supported,needle", [
+    ("swa128-nope", {}, ["smollm3"], None),
+    ("full", {}, ["smollm3", "llama"], None),
+    ("gdn", {}, [], "`use_qk_norm`=False"),
+    ("gdn", {"use_qk_norm": True}, ["qwen3_5"], None),
+    ("mamba2", {}, [], "`linear_num_heads`*`linear_head_dim`=640"),
+    ("mamba2", {"linear_num_heads": 8}, ["granitemoehybrid"], None),
+])
+def test_paper_presets(preset, overrides, supported, needle):
+    targets = export_targets(HybridConfig.from_preset(preset, "s1", **overrides))
+    assert [t.target for t in targets if t.supported] == supported
+    if needle:
+        assert needle in "\n".join(r for t in targets for r in t.reasons)
+
+
+def test_swa128_nope_preset_exports_to_smollm3(tmp_path):
+    """The paper's design with its real window: the write-time check runs a probe of 2 x 128 + 5 tokens."""
+    torch.manual_seed(0)
+    config = HybridConfig.from_preset("swa128-nope", "tiny", vocab_size=128, max_position_embeddings=512)
+    folder = export_model(HybridForCausalLM(config).eval(), "smollm3", tmp_path / "out")
+    written = json.loads((folder / "config.json").read_text())
+    assert written["sliding_window"] == 128 and written["no_rope_layers"] == [1, 0, 1, 0]
 
 
 def test_refuses_length_dependent_rope():
