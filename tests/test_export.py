@@ -127,6 +127,7 @@ def test_export_writes_card_and_stock_config(exported):
     assert config["layer_types"] == ["sliding_attention", "full_attention"] * 2
     granite = json.loads((exported["granitemoehybrid"][1] / "config.json").read_text())
     assert granite["layer_types"] == ["mamba", "attention"] * 2  # Granite-4's spelling, read by 5.17 and 5.24
+    assert "time_step_limit" not in granite  # the default (0, inf); infinity has no plain-JSON form
     assert granite["num_local_experts"] == 0 and granite["attention_multiplier"] == pytest.approx(16**-0.5)
 
 

@@ -118,7 +118,7 @@ def _write(model: HybridForCausalLM, folder: Path | None, to: str, out: Path, dt
         stock.generation_config = copy.deepcopy(model.generation_config)
     stock.save_pretrained(out)
     if to == "granitemoehybrid":
-        _legacy_granite_layer_names(out / "config.json")
+        _granite4_config_spelling(out / "config.json")
     tokenizer = _tokenizer(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
@@ -129,12 +129,14 @@ def _model_type(to: str) -> str:
     return {"qwen3_5": "qwen3_5_text"}.get(to, to)
 
 
-def _legacy_granite_layer_names(path: Path) -> None:
-    """Granite-4 checkpoints name layer types "mamba"/"attention"; transformers 5.17 and 5.24 read both spellings
-    but serving engines expect these."""
+def _granite4_config_spelling(path: Path) -> None:
+    """Write the config as Granite-4 checkpoints do: layer types "mamba"/"attention" (transformers 5.17 and 5.24 read
+    both spellings, serving engines expect these) and no ``time_step_limit`` (its infinite bound has no plain-JSON
+    form; the class default is the same (0, inf))."""
     data = json.loads(path.read_text())
     legacy = {"linear_attention": "mamba", "full_attention": "attention"}
     data["layer_types"] = [legacy[t] for t in data["layer_types"]]
+    data.pop("time_step_limit", None)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -162,8 +164,8 @@ def model_card(config: HybridConfig, to: str, has_tokenizer: bool) -> str:
         "and without remote code. At export time its fp32 logits matched the source model (max abs diff <= "
         f"{ATOL:g}) on a probe longer than the window, and cached greedy generation matched.",
         "",
-        f"Layers: `{config.layer_pattern}` (F full, S sliding window {config.sliding_window}, L "
-        f"{config.linear_attention_type}); positional encoding per layer: {config.position_encodings}.",
+        f"Layers: `{config.layer_pattern}` ({_legend(config)}); positional encoding per layer: "
+        f"{config.position_encodings}.",
         "",
         "```python",
         "from transformers import AutoModelForCausalLM" + (", AutoTokenizer" if has_tokenizer else ""),
@@ -174,6 +176,15 @@ def model_card(config: HybridConfig, to: str, has_tokenizer: bool) -> str:
     if caveats:
         lines += ["", "## Serving caveats", "", *(f"- {c}" for c in caveats)]
     return "\n".join(lines) + "\n"
+
+
+def _legend(config: HybridConfig) -> str:
+    names = {
+        "F": "full attention",
+        "S": f"sliding window of {config.sliding_window}",
+        "L": f"{config.linear_attention_type}",
+    }
+    return ", ".join(f"{k} {v}" for k, v in names.items() if k in config.layer_pattern)
 
 
 # ---------------------------------------------------------------------------------------- verification

@@ -191,13 +191,15 @@ def _recurrent_reasons(config: HybridConfig, target: str) -> list[str]:
 
 def blocking_reasons(config: HybridConfig, target: str) -> list[str]:
     """Why ``config`` cannot be exported exactly to ``target`` (empty list: it can)."""
-    _check_target(target, config)
+    _check_config(config)
+    _check_target(target)
     specific = (_attention_reasons if target in ("smollm3", "qwen3", "llama") else _recurrent_reasons)(config, target)
     return specific + _common_reasons(config)
 
 
 def serving_caveats(config: HybridConfig, target: str) -> list[str]:
     """Serving-engine pitfalls of an export to ``target`` (for the model card and the CLI)."""
+    _check_config(config)
     _check_target(target)
     caveats = []
     if target == "qwen3" and "sliding_attention" in config.layer_types:
@@ -220,7 +222,7 @@ def serving_caveats(config: HybridConfig, target: str) -> list[str]:
 def export_targets(config: HybridConfig) -> list[TargetSupport]:
     """Every export target with whether ``config`` is exactly expressible in it, the reasons if not and the
     serving caveats if so."""
-    _check_target(TARGETS[0], config)
+    _check_config(config)
     out = []
     for target, arch in ARCHITECTURES.items():
         reasons = tuple(blocking_reasons(config, target))
@@ -229,9 +231,12 @@ def export_targets(config: HybridConfig) -> list[TargetSupport]:
     return out
 
 
-def _check_target(target: str, config: HybridConfig | None = None) -> None:
-    if config is not None and not isinstance(config, HybridConfig):
+def _check_config(config: HybridConfig) -> None:
+    if not isinstance(config, HybridConfig):
         raise ValueError(f"export: `config` must be a HybridConfig (a hybrid_hf model), not {type(config).__name__}.")
+
+
+def _check_target(target: str) -> None:
     if target not in ARCHITECTURES:
         raise ValueError(f"export: invalid `to`={target!r}; allowed: {', '.join(TARGETS)}.")
 
@@ -244,6 +249,7 @@ def _rope_parameters(config: HybridConfig) -> dict[str, Any]:
 
 def target_config(config: HybridConfig, target: str) -> dict[str, Any]:
     """Keyword arguments of the stock config class of ``target`` expressing ``config`` (checked exportable)."""
+    _check_config(config)
     _check_target(target)
     types = config.layer_types
     has_sliding = "sliding_attention" in types
@@ -331,6 +337,7 @@ _DECODER_NORMS = ("input_layernorm", "post_attention_layernorm")
 
 def map_state_dict(config: HybridConfig, state_dict: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
     """Our ``HybridForCausalLM`` state dict renamed/reshaped into the stock ``target`` model's names."""
+    _check_config(config)
     _check_target(target)
     sd = state_dict
     out: dict[str, torch.Tensor] = {
