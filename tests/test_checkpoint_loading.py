@@ -14,7 +14,7 @@ import torch
 from conftest import BLOCK_HYBRID_HF, tiny_model
 from transformers import AutoModelForCausalLM
 
-from hybrid_hf import HybridForCausalLM, HybridModel
+from hybrid_hf import HybridForCausalLM, HybridForSequenceClassification, HybridModel
 from hybrid_hf.modeling import CheckpointMismatchError
 
 
@@ -106,6 +106,15 @@ def test_matching_checkpoint_loads_unchanged(saved):
         torch.testing.assert_close(model(ids).logits, original(ids).logits)
     loaded = HybridForCausalLM.from_pretrained(folder, output_loading_info=True)
     assert isinstance(loaded, tuple) and not any(loaded[1][k] for k in ("missing_keys", "mismatched_keys"))
+
+
+def test_a_new_task_head_is_not_an_error(tmp_path):
+    """A classifier from an untied causal LM: new ``score`` head, unused ``lm_head`` (transformers' usual warning)."""
+    tiny_model("SF", tie_word_embeddings=False).save_pretrained(tmp_path / "lm")
+    model, info = HybridForSequenceClassification.from_pretrained(tmp_path / "lm", num_labels=3,
+                                                                  output_loading_info=True)
+    assert set(info["missing_keys"]) == {"score.weight"} and set(info["unexpected_keys"]) == {"lm_head.weight"}
+    assert model.score.weight.shape == (3, 64)
 
 
 REMOTE_MISMATCH = BLOCK_HYBRID_HF + textwrap.dedent(

@@ -49,8 +49,10 @@ _DIM_FIELDS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = tuple(
 )
 _LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
 # Names inside the decoder stack (with or without the ``model.`` prefix): a missing or unexpected one means the
-# config builds a different network than the one saved. Task heads (``score``) are left to transformers.
-_BODY_KEY = re.compile(r"(^|\.)(layers\.\d+|embed_tokens|norm)\.|^lm_head\.")
+# config builds a different network than the one saved. A missing ``lm_head`` is a tied/untied mix-up; an unused one
+# is normal (a task model loaded from a causal LM), and task heads (``score``) are left to transformers.
+_BODY_KEY = re.compile(r"(^|\.)(layers\.\d+|embed_tokens|norm)\.")
+_MISSING_KEY = re.compile(_BODY_KEY.pattern + r"|^lm_head\.")
 _MAX_LISTED = 8
 
 
@@ -85,7 +87,7 @@ def describe_loading_problems(config: Any, info: dict[str, Any]) -> str | None:
     """Explain a transformers loading report (``output_loading_info=True``) in terms of config fields, or ``None``
     when every weight of the decoder was loaded with the shape the config builds."""
     mismatched = sorted((str(k), tuple(ckpt), tuple(model)) for k, ckpt, model in info.get("mismatched_keys") or ())
-    missing = sorted(str(k) for k in info.get("missing_keys") or () if _BODY_KEY.search(str(k)))
+    missing = sorted(str(k) for k in info.get("missing_keys") or () if _MISSING_KEY.search(str(k)))
     unexpected = sorted(str(k) for k in info.get("unexpected_keys") or () if _BODY_KEY.search(str(k)))
     if not (mismatched or missing or unexpected):
         return None
