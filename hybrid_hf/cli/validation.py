@@ -1,10 +1,9 @@
 """Checks shared by every ``hybrid-hf`` sub-command: argparse ``type=`` functions and the user-error class.
 
-Path checks return the text unchanged (a ``str``, as argparse would without them).
-
 A ``type=`` function turns the option's text into its value or raises ``argparse.ArgumentTypeError``; argparse then
 prints ``hybrid-hf CMD: error: argument --OPTION: MESSAGE`` (one line, see ``ArgumentParser.error``) and exits 2.
 Checks that need more than one option or loaded data raise ``CLIError``, which ``main`` prints the same way.
+Path checks return the text unchanged (a ``str``, as argparse would without them).
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ def int_range(low: int | None = None, high: int | None = None, *, special: dict[
     """An integer in ``[low, high]`` (either bound optional), or one of ``special`` (value -> meaning)."""
     special = special or {}
     if allowed is None:
-        span = ("an integer" if low is None and high is None else
+        span = ("an integer" if low is None and high is None else f"an integer <= {high}" if low is None else
                 f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
         span = {"an integer >= 1": "a positive integer", "an integer >= 0": "a non-negative integer"}.get(span, span)
         allowed = " or ".join([*(f"{k} ({v})" for k, v in special.items()), span])
