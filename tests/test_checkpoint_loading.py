@@ -4,6 +4,7 @@ for HybridForCausalLM and the Auto classes (in-library and as Hub remote code); 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import textwrap
 
 import pytest
 import torch
+import transformers
 from conftest import BLOCK_HYBRID_HF, tiny_model
 from transformers import AutoModelForCausalLM
 
@@ -115,6 +117,26 @@ def test_a_new_task_head_is_not_an_error(tmp_path):
                                                                   output_loading_info=True)
     assert set(info["missing_keys"]) == {"score.weight"} and set(info["unexpected_keys"]) == {"lm_head.weight"}
     assert model.score.weight.shape == (3, 64)
+
+
+def test_error_replaces_transformers_table_which_stays_otherwise(saved, tmp_path):
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log = logging.getLogger("transformers.modeling_utils")
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    log.addHandler(handler)
+    try:
+        with pytest.raises(CheckpointMismatchError):
+            HybridForCausalLM.from_pretrained(_with_config(saved, tmp_path, hidden_size=96))
+        assert not any("LOAD REPORT" in m for m in seen)
+        tiny_model("SF", tie_word_embeddings=False).save_pretrained(tmp_path / "lm")
+        HybridForSequenceClassification.from_pretrained(tmp_path / "lm", num_labels=3)
+        assert any("LOAD REPORT" in m and "score.weight" in m for m in seen)
+    finally:
+        log.removeHandler(handler)
+        transformers.logging.set_verbosity(verbosity)
 
 
 REMOTE_MISMATCH = BLOCK_HYBRID_HF + textwrap.dedent(
