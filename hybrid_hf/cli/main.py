@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="hybrid-hf",
         description="Build, train, evaluate, analyse and publish hybrid_hf models.",
+        epilog="Errors in the input are reported as one line, 'hybrid-hf COMMAND: error: ...', with exit status 2; "
+        "set HYBRID_HF_TRACEBACK=1 to see the traceback instead.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
