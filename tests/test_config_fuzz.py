@@ -44,8 +44,8 @@ _BAD_BOOL = ["True", "False", 1, 0, 1.0, None, [True]]
 _BAD_NAME = ["", 1, True, 2.5, ["silu"], {"silu": 1}]
 
 
-def _ints(valid: list, zero_ok: bool = False, none_ok: bool = False) -> tuple[list, list]:
-    return valid, _BAD_INT + ([] if zero_ok else [0]) + ([] if none_ok else [None])
+def _ints(valid: list, zero_ok: bool = False, none_ok: bool = False, bad: tuple = ()) -> tuple[list, list]:
+    return valid, _BAD_INT + list(bad) + ([] if zero_ok else [0]) + ([] if none_ok else [None])
 
 
 def _reals(valid: list, bad: list, none_ok: bool = False) -> tuple[list, list]:
@@ -64,7 +64,7 @@ SPEC: dict[str, tuple[list, list]] = {
     "num_hidden_layers": _ints([2, 1, 3, 4, 6, 1000]),
     "num_attention_heads": _ints([4, 1, 2, 3, 8]),
     "num_key_value_heads": _ints([None, 1, 2, 3, 4], none_ok=True),
-    "head_dim": _ints([None, 2, 4, 6, 7, 8, 16], none_ok=True),
+    "head_dim": _ints([None, 2, 4, 6, 8, 16], none_ok=True, bad=(1, 7)),  # RoPE rotates pairs of dimensions
     "hidden_act": (["silu", "gelu", "gelu_pytorch_tanh", "relu"], _BAD_NAME + ["swish2", "SiLU", None]),
     "max_position_embeddings": _ints([64, 4, 8, 16384, 2**30]),
     "initializer_range": _reals([0.02, 0.0, 0, 0.5, 1], [-0.1, -1]),
@@ -171,7 +171,7 @@ def _check_accepted(cfg: HybridConfig, folder) -> None:
 def _draw(rng: random.Random) -> tuple[dict, list[str], list[str]]:
     """Base config with 1-3 fields replaced: ``(kwargs, mutated fields, fields given a known-invalid value)``."""
     kwargs = {**COMMON, **copy.deepcopy(rng.choice(BASES))}
-    fields = rng.sample(sorted(SPEC), rng.choice([1, 1, 2, 3]))
+    fields = rng.sample(sorted(SPEC), rng.choice([1, 2, 2, 3]))
     bad = []
     for field in fields:
         valid, invalid = SPEC[field]
@@ -222,7 +222,7 @@ def test_fuzzed_configs_are_rejected_clearly_or_work(tmp_path):
     rng = random.Random(13)
     outcomes = {"rejected": 0, "accepted": 0}
     seen: set[str] = set()
-    for i in range(300):
+    for i in range(250):
         kwargs, fields, bad = _draw(rng)
         context = f"case {i}: {({f: kwargs[f] for f in fields})}"
         try:
@@ -240,4 +240,4 @@ def test_fuzzed_configs_are_rejected_clearly_or_work(tmp_path):
             _check_accepted(cfg, tmp_path / str(i))
         outcomes["accepted"] += 1
     # the draw mixes both outcomes (the seed is fixed; a change of the spec may shift the split)
-    assert outcomes["rejected"] > 100 and outcomes["accepted"] > 50, outcomes
+    assert outcomes["rejected"] > 100 and outcomes["accepted"] > 30, outcomes

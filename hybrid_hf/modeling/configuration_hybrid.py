@@ -75,6 +75,7 @@ class FieldRule:
     optional: bool = False  # None allowed
     choices: tuple[str, ...] = ()
     many: bool = False  # a non-empty list of such values allowed too (eos_token_id)
+    even: bool = False
 
     def allowed(self) -> str:
         if self.kind == "bool":
@@ -83,7 +84,8 @@ class FieldRule:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         else:
             lo, hi = ("(" if self.open_lo else "[") + f"{self.lo:g}", f"{self.hi:g}" + (")" if self.open_hi else "]")
-            text = ("an integer" if self.kind == "int" else "a finite number") + f" in {lo}, {hi}"
+            text = ("an even integer" if self.even else "an integer" if self.kind == "int" else "a finite number")
+            text += f" in {lo}, {hi}"
         text += " (or a non-empty list of them)" if self.many else ""
         return f"None or {text}" if self.optional else text
 
@@ -108,14 +110,14 @@ class FieldRule:
                 raise _invalid(field, value, self.allowed()) from None
             above = value > self.lo if self.open_lo else value >= self.lo
             below = value < self.hi if self.open_hi else value <= self.hi
-            ok = math.isfinite(value) and above and below
+            ok = math.isfinite(value) and above and below and not (self.even and value % 2)
         if not ok:
             raise _invalid(field, value, self.allowed())
         return value
 
 
-def _int(lo: int, hi: int, optional: bool = False, many: bool = False) -> FieldRule:
-    return FieldRule("int", lo, hi, optional=optional, many=many)
+def _int(lo: int, hi: int, optional: bool = False, many: bool = False, even: bool = False) -> FieldRule:
+    return FieldRule("int", lo, hi, optional=optional, many=many, even=even)
 
 
 def _real(lo: float, hi: float, open_lo: bool = False, open_hi: bool = False, optional: bool = False) -> FieldRule:
@@ -138,7 +140,7 @@ FIELD_RULES: dict[str, FieldRule] = {
     "num_hidden_layers": _int(1, MAX_COUNT),
     "num_attention_heads": _int(1, MAX_COUNT),
     "num_key_value_heads": _int(1, MAX_COUNT, optional=True),
-    "head_dim": _int(1, MAX_COUNT, optional=True),
+    "head_dim": _int(2, MAX_COUNT, optional=True, even=True),  # RoPE rotates pairs; transformers checks it even for NoPE
     "hidden_act": _one_of(HIDDEN_ACTS),
     "max_position_embeddings": _int(1, MAX_POSITIONS),
     "initializer_range": _real(0.0, 1.0),
@@ -146,8 +148,8 @@ FIELD_RULES: dict[str, FieldRule] = {
     "use_cache": _BOOL,
     "tie_word_embeddings": _BOOL,
     "sliding_window": _int(1, MAX_POSITIONS, optional=True),
-    "rope_theta": _real(0.0, math.inf, open_lo=True, optional=True),
-    "sliding_rope_theta": _real(0.0, math.inf, open_lo=True, optional=True),
+    "rope_theta": _real(0.0, math.inf, open_lo=True, open_hi=True, optional=True),
+    "sliding_rope_theta": _real(0.0, math.inf, open_lo=True, open_hi=True, optional=True),
     "use_qk_norm": _BOOL,
     "attention_bias": _BOOL,
     "attention_dropout": _real(0.0, 1.0, open_hi=True),
@@ -226,6 +228,13 @@ class HybridConfig(PreTrainedConfig):
             transformers' attention interface (``attn_implementation``).
         fused_cross_entropy: Compute the training loss chunk by chunk from hidden states without materialising
             the full logits (``logits`` is then ``None`` when ``labels`` are given).
+
+    Every argument is checked once, at construction; a bad value raises ``ValueError`` naming the field and the
+    allowed values (``FIELD_RULES`` holds the rule of each scalar argument). Integers must be ``int`` (not
+    ``bool``/``float``), flags ``bool``, numbers finite; token ids lie below ``vocab_size``; ``head_dim`` is even.
+    Sizes are bounded far above any model trained here, so that none overflows: vocabulary, hidden and MLP widths
+    ``<= 2**24``; layer and head counts, per-head widths, state size, conv kernel and chunk length ``<= 1024``;
+    positions, windows and sinks ``<= 2**31 - 1`` (the int32 the attention kernels index with).
     """
 
     model_type = "hybrid_hf"
@@ -338,9 +347,10 @@ class HybridConfig(PreTrainedConfig):
                     "num_attention_heads", heads, f"a divisor of hidden_size={self.hidden_size}, or set head_dim explicitly"
                 )
             self.head_dim = self.hidden_size // heads
-            if self.head_dim > MAX_COUNT:  # it is saved, so it must pass its own rule on loading
+            rule = FIELD_RULES["head_dim"]
+            if self.head_dim % 2 or self.head_dim > rule.hi:  # it is saved, so it must pass its own rule on loading
                 raise _invalid(
-                    "head_dim", None, f"a head_dim <= {MAX_COUNT}: hidden_size // num_attention_heads={self.head_dim}"
+                    "head_dim", None, f"{rule.allowed()}; hidden_size // num_attention_heads={self.head_dim} is not"
                 )
 
     def _resolve_layer_types(self, layer_types: list[str] | None, layer_pattern: str | None) -> list[str]:
@@ -370,10 +380,6 @@ class HybridConfig(PreTrainedConfig):
         types = set(self.layer_types)
         if "sliding_attention" in types and self.sliding_window is None:
             raise _invalid("sliding_window", None, "a positive integer when layer_types contains 'sliding_attention'")
-        if self.head_dim % 2 and "rope" in self.position_encodings:
-            raise _invalid(
-                "head_dim", self.head_dim, "an even integer when a layer uses RoPE (default hidden_size // num_attention_heads)"
-            )
         if "linear_attention" not in types:
             return
         kind = self.linear_attention_type
