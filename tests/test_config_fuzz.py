@@ -74,9 +74,10 @@ SPEC: dict[str, tuple[list, list]] = {
     "layer_types": (
         [None, ["full_attention"] * 2, ["sliding_attention", "full_attention"], ("full_attention", "full_attention"),
          ["linear_attention", "full_attention"], ["full_attention"] * 3],
-        ["full_attention", "FF", 5, True, {"full_attention": 2}, [1, 2], ["mamba", "full_attention"], [None, None]],
+        ["full_attention", "FF", 5, True, {"full_attention": 2}, [1, 2], ["mamba", "full_attention"], [None, None],
+         ["linear_attention"] * 2],  # no attention layer: transformers' cache cannot measure the sequence
     ),
-    "layer_pattern": ([None, "F", "S", "L", "SF", "FS", "LF", "FF"], ["", "X", "sf", "SFX", 1, True, ["S", "F"], 2.0]),
+    "layer_pattern": ([None, "F", "S", "SF", "FS", "LF", "FF"], ["", "X", "sf", "SFX", "L", 1, True, ["S", "F"], 2.0]),
     "sliding_window": _ints([None, 1, 3, 4, 100, 2**31 - 1], none_ok=True),
     "position_encodings": (
         [None, "rope", "nope", {"full_attention": "nope"}, {"sliding_attention": "nope", "full_attention": "rope"},
@@ -97,8 +98,8 @@ SPEC: dict[str, tuple[list, list]] = {
     "linear_num_heads": _ints([None, 1, 2, 3, 4], none_ok=True),
     "linear_head_dim": _ints([None, 4, 5, 6, 8, 16], none_ok=True),
     "linear_expand_v": _reals([1.0, 1, 2.0, 2, 0.5, 1.5, 0.25], [0, 0.0, -1.0]),
-    "linear_conv_kernel_size": _ints([4, 1, 2, 3, 8]),
-    "linear_chunk_size": _ints([64, 1, 2, 3, 16, 1024]),
+    "linear_conv_kernel_size": _ints([4, 2, 3, 8], bad=(1,)),
+    "linear_chunk_size": _ints([64, 1, 2, 3, 16, 256]),
     "linear_state_size": _ints([64, 1, 8, 16]),
     "eval_full_attention_window": _ints([None, 1, 4, 16, 2**31 - 1], none_ok=True),
     "eval_efficient_window": _ints([None, 1, 4, 16, 2**31 - 1], none_ok=True),

@@ -157,8 +157,8 @@ FIELD_RULES: dict[str, FieldRule] = {
     "linear_num_heads": _int(1, MAX_COUNT, optional=True),
     "linear_head_dim": _int(1, MAX_COUNT, optional=True),
     "linear_expand_v": _real(0.0, 16.0, open_lo=True),
-    "linear_conv_kernel_size": _int(1, MAX_COUNT),
-    "linear_chunk_size": _int(1, MAX_COUNT),
+    "linear_conv_kernel_size": _int(2, MAX_COUNT),  # transformers' conv cache cannot hold an empty state
+    "linear_chunk_size": _int(1, 256),  # the reference path solves a chunk x chunk triangular system per head
     "linear_state_size": _int(1, MAX_COUNT),
     "eval_full_attention_window": _int(1, MAX_POSITIONS, optional=True),
     "eval_efficient_window": _int(1, MAX_POSITIONS, optional=True),
@@ -365,14 +365,23 @@ class HybridConfig(PreTrainedConfig):
                 )
             from_pattern = [PATTERN_LETTERS[c] for c in layer_pattern * (n // len(layer_pattern))]
         if layer_types is None:
-            return from_pattern or ["full_attention"] * n
+            types = from_pattern or ["full_attention"] * n
+        else:
+            types = self._check_layer_types(layer_types, n)
+            if from_pattern is not None and from_pattern != types:
+                raise _invalid("layer_pattern", layer_pattern, f"a pattern consistent with layer_types={layer_types}")
+        if not set(types) & set(ATTENTION_LAYER_TYPES):  # transformers' cache measures sequences on attention layers
+            field = "layer_types" if layer_types is not None else "layer_pattern"
+            raise _invalid(field, layer_types or layer_pattern, "a layout with at least one F or S (attention) layer")
+        return types
+
+    @staticmethod
+    def _check_layer_types(layer_types: Any, n: int) -> list[str]:
         if not isinstance(layer_types, (list, tuple)) or len(layer_types) != n:
             raise _invalid("layer_types", layer_types, f"None or a list of exactly num_hidden_layers={n} layer types")
         for i, t in enumerate(layer_types):
             if t not in LAYER_TYPES:
                 raise _invalid(f"layer_types[{i}]", t, ", ".join(LAYER_TYPES))
-        if from_pattern is not None and from_pattern != list(layer_types):
-            raise _invalid("layer_pattern", layer_pattern, f"a pattern consistent with layer_types={layer_types}")
         return list(layer_types)
 
     def _resolve_layer_fields(self) -> None:
