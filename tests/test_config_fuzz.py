@@ -68,7 +68,7 @@ SPEC: dict[str, tuple[list, list]] = {
     "hidden_act": (["silu", "gelu", "gelu_pytorch_tanh", "relu"], _BAD_NAME + ["swish2", "SiLU", None]),
     "max_position_embeddings": _ints([64, 4, 8, 16384, 2**30]),
     "initializer_range": _reals([0.02, 0.0, 0, 0.5, 1], [-0.1, -1]),
-    "rms_norm_eps": _reals([1e-6, 1e-5, 0.5, 1], [0, 0.0, -1e-6]),
+    "rms_norm_eps": _reals([1e-6, 1e-5, 1e-30, 0.5, 1], [0, 0.0, -1e-6, 1e-300]),  # 1e-300 is 0 in float32
     "use_cache": _BOOL,
     "tie_word_embeddings": _BOOL,
     "layer_types": (
@@ -87,8 +87,8 @@ SPEC: dict[str, tuple[list, list]] = {
     ),
     # RoPE scaling (rope_type) is fuzzed with the RoPE tests; here only the container and the theta shorthands.
     "rope_parameters": ([None, {}, {"rope_type": "default", "rope_theta": 500.0}], ["default", 1, True, ["default"]]),
-    "rope_theta": _reals([None, 10000.0, 10000, 2.5, 1e6, 1e30], [0, -1.0], none_ok=True),
-    "sliding_rope_theta": _reals([None, 10000.0, 500, 1e6], [0, -1.0], none_ok=True),
+    "rope_theta": _reals([None, 10000.0, 10000, 2.5, 1e6, 1e30], [0, -1.0, 1e-300], none_ok=True),
+    "sliding_rope_theta": _reals([None, 10000.0, 500, 1e6], [0, -1.0, 1e-300], none_ok=True),
     "use_qk_norm": _BOOL,
     "attention_bias": _BOOL,
     "attention_dropout": _reals([0.0, 0, 0.1, 0.5], [1.0, 1, -0.1, 1.5]),

@@ -144,12 +144,13 @@ FIELD_RULES: dict[str, FieldRule] = {
     "hidden_act": _one_of(HIDDEN_ACTS),
     "max_position_embeddings": _int(1, MAX_POSITIONS),
     "initializer_range": _real(0.0, 1.0),
-    "rms_norm_eps": _real(0.0, 1.0, open_lo=True),
+    "rms_norm_eps": _real(1e-30, 1.0),  # stays a positive float32: an all-zero row normalises to zero, not NaN
     "use_cache": _BOOL,
     "tie_word_embeddings": _BOOL,
     "sliding_window": _int(1, MAX_POSITIONS, optional=True),
-    "rope_theta": _real(0.0, math.inf, open_lo=True, open_hi=True, optional=True),
-    "sliding_rope_theta": _real(0.0, math.inf, open_lo=True, open_hi=True, optional=True),
+    # a base far below 1 underflows in float32 and turns the rotation angles into NaN
+    "rope_theta": _real(1.0, math.inf, open_hi=True, optional=True),
+    "sliding_rope_theta": _real(1.0, math.inf, open_hi=True, optional=True),
     "use_qk_norm": _BOOL,
     "attention_bias": _BOOL,
     "attention_dropout": _real(0.0, 1.0, open_hi=True),
@@ -231,10 +232,11 @@ class HybridConfig(PreTrainedConfig):
 
     Every argument is checked once, at construction; a bad value raises ``ValueError`` naming the field and the
     allowed values (``FIELD_RULES`` holds the rule of each scalar argument). Integers must be ``int`` (not
-    ``bool``/``float``), flags ``bool``, numbers finite; token ids lie below ``vocab_size``; ``head_dim`` is even.
-    Sizes are bounded far above any model trained here, so that none overflows: vocabulary, hidden and MLP widths
-    ``<= 2**24``; layer and head counts, per-head widths, state size, conv kernel and chunk length ``<= 1024``;
-    positions, windows and sinks ``<= 2**31 - 1`` (the int32 the attention kernels index with).
+    ``bool``/``float``), flags ``bool``, numbers finite; token ids lie below ``vocab_size``; ``head_dim`` is even;
+    some layer is an attention layer. Sizes are bounded far above any model trained here, so that none overflows:
+    vocabulary, hidden and MLP widths ``<= 2**24``; layer and head counts, per-head widths, state size and conv
+    kernel ``<= 1024``; ``linear_chunk_size <= 256``; positions, windows and sinks ``<= 2**31 - 1`` (the int32 the
+    attention kernels index with); ``rope_theta >= 1`` and ``rms_norm_eps >= 1e-30`` (smaller ones give NaN).
     """
 
     model_type = "hybrid_hf"
@@ -365,24 +367,22 @@ class HybridConfig(PreTrainedConfig):
                 )
             from_pattern = [PATTERN_LETTERS[c] for c in layer_pattern * (n // len(layer_pattern))]
         if layer_types is None:
-            types = from_pattern or ["full_attention"] * n
-        else:
-            types = self._check_layer_types(layer_types, n)
-            if from_pattern is not None and from_pattern != types:
-                raise _invalid("layer_pattern", layer_pattern, f"a pattern consistent with layer_types={layer_types}")
-        if not set(types) & set(ATTENTION_LAYER_TYPES):  # transformers' cache measures sequences on attention layers
-            field = "layer_types" if layer_types is not None else "layer_pattern"
-            raise _invalid(field, layer_types or layer_pattern, "a layout with at least one F or S (attention) layer")
-        return types
-
-    @staticmethod
-    def _check_layer_types(layer_types: Any, n: int) -> list[str]:
+            return self._check_layout("layer_pattern", layer_pattern, from_pattern or ["full_attention"] * n)
         if not isinstance(layer_types, (list, tuple)) or len(layer_types) != n:
             raise _invalid("layer_types", layer_types, f"None or a list of exactly num_hidden_layers={n} layer types")
         for i, t in enumerate(layer_types):
             if t not in LAYER_TYPES:
                 raise _invalid(f"layer_types[{i}]", t, ", ".join(LAYER_TYPES))
-        return list(layer_types)
+        types = self._check_layout("layer_types", layer_types, list(layer_types))
+        if from_pattern is not None and from_pattern != types:
+            raise _invalid("layer_pattern", layer_pattern, f"a pattern consistent with layer_types={layer_types}")
+        return types
+
+    @staticmethod
+    def _check_layout(field: str, value: Any, types: list[str]) -> list[str]:
+        if not set(types) & set(ATTENTION_LAYER_TYPES):  # transformers' cache measures sequences on attention layers
+            raise _invalid(field, value, "a layout with at least one F or S (attention) layer")
+        return types
 
     def _resolve_layer_fields(self) -> None:
         """What the layer types present need: a window, a recurrent mixer and its head layout, RoPE-able heads."""
