@@ -59,7 +59,7 @@ def _invalid(field: str, value: Any, allowed: str) -> ValueError:
 # Documented bounds of the size fields: far beyond any model this package trains, small enough that no derived size
 # overflows, and positions, windows and sink counts fit the int32 the attention kernels index with.
 MAX_WIDTH = 2**24  # vocab_size, hidden_size, intermediate_size
-MAX_COUNT = 1024  # layers, heads, per-head widths, state size, conv kernel, chunk length
+MAX_COUNT = 1024  # layers, heads, per-head widths, state size, conv kernel
 MAX_POSITIONS = 2**31 - 1  # max_position_embeddings, windows, sinks
 
 
@@ -140,7 +140,7 @@ FIELD_RULES: dict[str, FieldRule] = {
     "num_hidden_layers": _int(1, MAX_COUNT),
     "num_attention_heads": _int(1, MAX_COUNT),
     "num_key_value_heads": _int(1, MAX_COUNT, optional=True),
-    "head_dim": _int(2, MAX_COUNT, optional=True, even=True),  # RoPE rotates pairs; transformers checks it even for NoPE
+    "head_dim": _int(2, MAX_COUNT, optional=True, even=True),  # RoPE rotates pairs (transformers checks it for NoPE)
     "hidden_act": _one_of(HIDDEN_ACTS),
     "max_position_embeddings": _int(1, MAX_POSITIONS),
     "initializer_range": _real(0.0, 1.0),
@@ -171,7 +171,8 @@ FIELD_RULES: dict[str, FieldRule] = {
     "eos_token_id": _int(0, MAX_WIDTH - 1, optional=True, many=True),
 }
 # Checked here, passed on to transformers' PreTrainedConfig (or, for the RoPE shorthands, to `rope_parameters`).
-_NOT_STORED = ("tie_word_embeddings", "pad_token_id", "bos_token_id", "eos_token_id", "rope_theta", "sliding_rope_theta")
+_NOT_STORED = ("tie_word_embeddings", "pad_token_id", "bos_token_id", "eos_token_id", "rope_theta",
+               "sliding_rope_theta")
 
 
 class HybridConfig(PreTrainedConfig):
@@ -342,18 +343,16 @@ class HybridConfig(PreTrainedConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = heads
         elif heads % self.num_key_value_heads:
-            raise _invalid("num_key_value_heads", self.num_key_value_heads, f"None or a divisor of num_attention_heads={heads}")
+            kv = self.num_key_value_heads
+            raise _invalid("num_key_value_heads", kv, f"None or a divisor of num_attention_heads={heads}")
         if self.head_dim is None:
             if self.hidden_size % heads:
-                raise _invalid(
-                    "num_attention_heads", heads, f"a divisor of hidden_size={self.hidden_size}, or set head_dim explicitly"
-                )
+                allowed = f"a divisor of hidden_size={self.hidden_size}, or set head_dim explicitly"
+                raise _invalid("num_attention_heads", heads, allowed)
             self.head_dim = self.hidden_size // heads
-            rule = FIELD_RULES["head_dim"]
-            if self.head_dim % 2 or self.head_dim > rule.hi:  # it is saved, so it must pass its own rule on loading
-                raise _invalid(
-                    "head_dim", None, f"{rule.allowed()}; hidden_size // num_attention_heads={self.head_dim} is not"
-                )
+            if self.head_dim % 2 or self.head_dim > MAX_COUNT:  # it is saved, so it must pass its own rule on loading
+                default = f"hidden_size // num_attention_heads={self.head_dim}"
+                raise _invalid("head_dim", None, f"an explicit even head_dim <= {MAX_COUNT}, as {default} is not one")
 
     def _resolve_layer_types(self, layer_types: list[str] | None, layer_pattern: str | None) -> list[str]:
         n = self.num_hidden_layers
@@ -385,7 +384,7 @@ class HybridConfig(PreTrainedConfig):
         return types
 
     def _resolve_layer_fields(self) -> None:
-        """What the layer types present need: a window, a recurrent mixer and its head layout, RoPE-able heads."""
+        """What the layer types present need: a window, a recurrent mixer and its head layout."""
         types = set(self.layer_types)
         if "sliding_attention" in types and self.sliding_window is None:
             raise _invalid("sliding_window", None, "a positive integer when layer_types contains 'sliding_attention'")
@@ -393,17 +392,18 @@ class HybridConfig(PreTrainedConfig):
             return
         kind = self.linear_attention_type
         if kind is None:
-            raise _invalid("linear_attention_type", kind, f"{', '.join(LINEAR_ATTENTION_TYPES)} with linear_attention layers")
+            allowed = f"{', '.join(LINEAR_ATTENTION_TYPES)} with linear_attention layers"
+            raise _invalid("linear_attention_type", kind, allowed)
         if self.linear_num_heads is None:
             self.linear_num_heads = self.num_attention_heads
         if self.linear_head_dim is None:
             self.linear_head_dim = self.head_dim
-        if kind != "gated_deltanet" and self.linear_expand_v != 1.0:
-            raise _invalid("linear_expand_v", self.linear_expand_v, f"1.0 for {kind} (only gated_deltanet widens values)")
-        if not (self.linear_head_dim * self.linear_expand_v).is_integer():
-            raise _invalid(
-                "linear_expand_v", self.linear_expand_v, f"a factor giving linear_head_dim={self.linear_head_dim} an integer value width"
-            )
+        expand = self.linear_expand_v
+        if kind != "gated_deltanet" and expand != 1.0:
+            raise _invalid("linear_expand_v", expand, f"1.0 for {kind} (only gated_deltanet widens values)")
+        if not (self.linear_head_dim * expand).is_integer():
+            allowed = f"a factor giving linear_head_dim={self.linear_head_dim} an integer value width"
+            raise _invalid("linear_expand_v", expand, allowed)
 
     def _resolve_position_encodings(self, pe: list[str] | dict[str, str] | str | None) -> list[str]:
         types = self.layer_types
@@ -432,7 +432,8 @@ class HybridConfig(PreTrainedConfig):
         for i, (t, v) in enumerate(zip(types, out)):
             if t == "linear_attention" and v == "rope":
                 if isinstance(pe, dict) and "linear_attention" in pe:
-                    raise _invalid("position_encodings", pe, "'nope' for linear_attention layers (recurrent mixers take no positions)")
+                    allowed = "'nope' for linear_attention layers (recurrent mixers take no positions)"
+                    raise _invalid("position_encodings", pe, allowed)
                 if isinstance(pe, (list, tuple)):
                     raise _invalid(f"position_encodings[{i}]", v, "'nope' for linear_attention layers")
                 out[i] = "nope"
