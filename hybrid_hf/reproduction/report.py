@@ -302,7 +302,9 @@ def plots(runs: list[dict[str, Any]], out: Path) -> list[str]:
         bins = rs[0]["distance_bins"]
         ys = np.array([[r["curve"][-1]["answer_loss_by_distance"].get(str(b)) or np.nan for b in bins] for r in rs],
                       dtype=float)
-        ax2.plot(bins, np.nanmean(ys, 0), marker="o", color=color[arm], label=arm)
+        seen = ~np.isnan(ys).all(0)  # bins without any answer (short rows) are left out
+        if seen.any():
+            ax2.plot(np.asarray(bins)[seen], np.nanmean(ys[:, seen], 0), marker="o", color=color[arm], label=arm)
     ax1.axvline(runs[0]["settings"]["seq_len"], color="grey", ls="--", lw=0.8)
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
