@@ -185,7 +185,7 @@ def main() -> None:
     p.add_argument("--profile", default="main", choices=["smoke", "pilot", "main"])
     p.add_argument("--smoke", action="store_true", help="= --profile smoke (tiny CPU run of the whole pipeline)")
     p.add_argument("--arms", nargs="+", choices=ARMS, help=f"default {' '.join(DEFAULT_ARMS)} (pilot: full swa128)")
-    p.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2 3 (pilot: 0 1)")
+    p.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2 3 (pilot and smoke: 0 1)")
     p.add_argument("--sizes", nargs="+", choices=list(MODEL_SIZES), default=["d256", "d384"], help="pilot sizes")
     p.add_argument("--size", choices=list(MODEL_SIZES))
     p.add_argument("--steps", type=int)
@@ -214,7 +214,7 @@ def main() -> None:
             args.final_reserve_s = 5.0
     pilot = args.command == "pilot"
     args.arms = args.arms or (["full", "swa128"] if pilot else list(DEFAULT_ARMS))
-    args.seeds = args.seeds or ([0, 1] if pilot else [0, 1, 2, 3])
+    args.seeds = args.seeds or ([0, 1] if pilot or args.profile == "smoke" else [0, 1, 2, 3])
     if pilot and args.profile == "main":
         args.profile = "pilot"
     if args.command == "train":
