@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order `--help` lists them.
-SUBCOMMAND_MODULES = ("init", "train", "eval", "analyze", "card", "push")
+SUBCOMMAND_MODULES = ("init", "train", "eval", "analyze", "card", "push", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

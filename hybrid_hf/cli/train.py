@@ -64,6 +64,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default: 16)")
     g.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (default: 0)")
     g.add_argument("--lora-targets", help="comma-separated module names (default: hybrid_hf's registered targets)")
+    g = p.add_argument_group("distillation (heal a converted model)")
+    g.add_argument("--teacher", metavar="FOLDER",
+                   help="train on KL to this model's next-token distribution instead of the labels (e.g. the model "
+                   "before `hybrid-hf convert`); same vocabulary required")
+    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the KL (default: 1)")
+    g.add_argument("--ce-weight", type=float, default=0.0,
+                   help="add this weight times the label cross-entropy to the KL (default: 0)")
+    g.add_argument("--hidden-mse-layers", metavar="I,J,...",
+                   help="also match these hidden states (indices into output_hidden_states) by MSE")
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps (default: 10)")
     g.add_argument("--save-steps", type=int, default=200, help="checkpoint every N steps (default: 200)")
@@ -124,8 +133,17 @@ def run(args: argparse.Namespace) -> int:
         disable_tqdm=args.no_progress,
         report_to=args.report_to,
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer)
+    trainer_kwargs = {}
+    trainer_cls = Trainer
+    if args.teacher:
+        from ..training import DistillationTrainer
+
+        trainer_cls = DistillationTrainer
+        layers = [int(i) for i in args.hidden_mse_layers.split(",")] if args.hidden_mse_layers else []
+        trainer_kwargs = dict(teacher=AutoModelForCausalLM.from_pretrained(args.teacher), temperature=args.temperature,
+                              ce_weight=args.ce_weight, hidden_layers=layers)
+    trainer = trainer_cls(model=model, args=targs, train_dataset=train_ds, eval_dataset=eval_ds,
+                          processing_class=tokenizer, **trainer_kwargs)
     resume = args.resume
     if resume == "auto":
         resume = get_last_checkpoint(str(out)) if out.is_dir() else None

@@ -1,5 +1,7 @@
-"""Training helpers: packed batches, Trainer/PEFT glue, and PEFT's default targets for ``model_type="hybrid_hf"``."""
+"""Training helpers: packed batches, Trainer/PEFT glue, distillation, and PEFT's default targets for
+``model_type="hybrid_hf"``."""
 
+from .distillation import DistillationTrainer, distillation_loss, mean_kl, scored_positions
 from .packing import (
     IGNORE_INDEX,
     TokenBlockDataset,
@@ -20,17 +22,21 @@ from .trainer import (
 )
 
 __all__ = [
+    "DistillationTrainer",
     "IGNORE_INDEX",
     "LORA_TARGET_MODULES",
     "TokenBlockDataset",
     "apply_lora",
     "causal_lm_dataset",
+    "distillation_loss",
     "evaluate_causal_lm",
     "flatten_batch",
+    "mean_kl",
     "pack_documents",
     "per_document_loss",
     "per_token_loss",
     "register_peft_defaults",
+    "scored_positions",
     "sequence_ids_from_positions",
     "split_documents",
     "tokenize_documents",
