@@ -1,7 +1,7 @@
 """Training helpers: packed batches, Trainer/PEFT glue, distillation, and PEFT's default targets for
 ``model_type="hybrid_hf"``."""
 
-from .distillation import DistillationTrainer, distillation_loss, mean_kl, scored_positions
+from .distillation import DistillationTrainer, RecoveryCallback, distillation_loss, mean_kl, scored_positions
 from .packing import (
     IGNORE_INDEX,
     TokenBlockDataset,
@@ -25,6 +25,7 @@ __all__ = [
     "DistillationTrainer",
     "IGNORE_INDEX",
     "LORA_TARGET_MODULES",
+    "RecoveryCallback",
     "TokenBlockDataset",
     "apply_lora",
     "causal_lm_dataset",

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .packing import IGNORE_INDEX
 
@@ -175,3 +175,42 @@ def mean_kl(student: torch.nn.Module, teacher: torch.nn.Module, batches: Sequenc
     if count == 0:
         raise ValueError("mean_kl: the batches have no scored positions (all labels are -100).")
     return total / count
+
+
+class RecoveryCallback(TrainerCallback):
+    """Records the recovery curve of a distillation run: held-out KL to the teacher and, optionally, the
+    needle-in-a-haystack score (``hybrid_hf.evaluation.evaluate_samples``), at the start and every ``every`` steps.
+
+    ``curve`` holds one ``{"step", "kl", "niah"}`` dict per measurement (``niah`` is None without samples).
+    """
+
+    def __init__(self, teacher: torch.nn.Module, kl_batches: Sequence[dict[str, torch.Tensor]], every: int,
+                 niah_samples: Sequence[Any] = (), tokenizer: Any = None, max_new_tokens: int = 8) -> None:
+        if every < 1:
+            raise ValueError(f"RecoveryCallback: invalid `every`={every!r}; allowed: a positive integer.")
+        if niah_samples and tokenizer is None:
+            raise ValueError("RecoveryCallback: `niah_samples` need the `tokenizer` to decode answers with.")
+        self.teacher, self.kl_batches, self.every = teacher, list(kl_batches), every
+        self.niah_samples, self.tokenizer, self.max_new_tokens = list(niah_samples), tokenizer, max_new_tokens
+        self.curve: list[dict[str, Any]] = []
+
+    def measure(self, model: torch.nn.Module, step: int) -> dict[str, Any]:
+        from ..evaluation import evaluate_samples
+
+        was_training = model.training
+        point: dict[str, Any] = {"step": step, "kl": mean_kl(model, self.teacher, self.kl_batches), "niah": None}
+        if self.niah_samples:
+            records = evaluate_samples(model, self.tokenizer, self.niah_samples, max_new_tokens=self.max_new_tokens)
+            point["niah"] = sum(r["score"] for r in records) / len(records)
+        model.train(was_training)
+        if not self.curve or self.curve[-1]["step"] != step:
+            self.curve.append(point)
+        return point
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self.measure(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.measure(model, state.global_step)
