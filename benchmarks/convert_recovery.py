@@ -94,8 +94,9 @@ def pretrain(model, rows, batch: int, seconds: float, lr: float, device: str) ->
         opt.zero_grad(set_to_none=True)
         step += 1
         if step % 50 == 0 or step == 1:
-            losses.append({"step": step, "loss": float(loss), "s": round(time.time() - start, 1)})
-            print(f"pretrain step {step}: loss {float(loss):.3f} ({time.time() - start:.0f} s)", flush=True)
+            value = float(loss.detach())
+            losses.append({"step": step, "loss": value, "s": round(time.time() - start, 1)})
+            print(f"pretrain step {step}: loss {value:.3f} ({time.time() - start:.0f} s)", flush=True)
     model.eval()
     return {"steps": step, "seconds": time.time() - start, "tokens": step * batch * len(rows[0]["input_ids"]),
             "loss_log": losses}
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(1)  # smoke-sized matrices: one thread is fastest
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

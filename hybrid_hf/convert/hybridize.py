@@ -262,8 +262,9 @@ def hybridize(
     config = hybrid_config_for(old, layer_types, linear_attention_type=linear_attention_type,
                                sliding_window=sliding_window, nope_full_attention=nope_full_attention)
     param = next(model.parameters())
-    torch.manual_seed(seed)
-    with torch.device(param.device):
+    # fresh parameters from `seed` without touching the caller's random state
+    with torch.random.fork_rng(devices=[param.device] if param.device.type == "cuda" else []), torch.device(param.device):
+        torch.manual_seed(seed)
         new = HybridForCausalLM(config).to(param.dtype)
     src = model.state_dict()
     state = new.state_dict()
