@@ -9,7 +9,7 @@
 2. Import it into hybrid_hf (logit gap recorded), convert every other layer to a ``--window``-token sliding window
    (zero new parameters).
 3. Distil the hybrid from the original (KL on packed rows, ``DistillationTrainer``) for ``--distill-s`` seconds,
-   measuring the held-out KL and the passkey / NIAH score every ``--eval-every`` steps.
+   measuring the held-out KL and the passkey / NIAH score at the start and ``evals`` times while it trains.
 
 Writes ``convert-recovery.json`` (settings, environment, teacher scores, curve) and ``convert-recovery.md`` into
 ``--out``.
@@ -45,11 +45,11 @@ PROFILES = {
     # ~300M parameters (20 x 14.9M + 8.4M tied embeddings), Qwen3-0.6B's head layout
     "h200": dict(hidden_size=1024, num_hidden_layers=20, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
                  intermediate_size=2816, vocab=8192, block=1024, batch=16, lengths=[512, 1024], window=128,
-                 pretrain_s=240.0, distill_s=150.0, eval_every=50, lr=1e-3, distill_lr=3e-4, corpus_chars=None,
+                 pretrain_s=200.0, distill_s=120.0, evals=4, lr=1e-3, distill_lr=3e-4, corpus_chars=None,
                  needle_docs=4000),
     "smoke": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                   intermediate_size=128, vocab=512, block=256, batch=8, lengths=[192], window=16,
-                  pretrain_s=20.0, distill_s=10.0, eval_every=5, lr=3e-3, distill_lr=1e-3, corpus_chars=200_000,
+                  pretrain_s=20.0, distill_s=10.0, evals=2, lr=3e-3, distill_lr=1e-3, corpus_chars=200_000,
                   needle_docs=200),
 }
 TASKS = ("passkey", "niah_single")
@@ -158,18 +158,19 @@ def main(argv: list[str] | None = None) -> dict:
         gap = float((teacher(probe).logits.float() - teacher_src(probe).logits.float()).abs().max())
     del teacher_src
     teacher_niah = niah_score(teacher, tokenizer, samples)
-    print(f"teacher: {n_params / 1e6:.0f}M parameters, NIAH {teacher_niah:.2f}, import gap {gap:.1e}", flush=True)
+    print(f"teacher: {n_params / 1e6:.1f}M parameters, NIAH {teacher_niah:.2f}, import gap {gap:.1e}", flush=True)
 
     student = hybridize(teacher, plan_layer_types(teacher.config, pattern="SF"), sliding_window=cfg["window"])
     kl_batches = [{k: torch.tensor([r[k] for r in held_out[i : i + 4]]) for k in held_out[0]}
                   for i in range(0, len(held_out), 4)]
-    recovery = RecoveryCallback(teacher, kl_batches, every=cfg["eval_every"], niah_samples=samples,
-                                tokenizer=tokenizer, max_new_tokens=12)
     step_s = pre["seconds"] / max(pre["steps"], 1)
-    max_steps = max(cfg["eval_every"], int(cfg["distill_s"] / (1.5 * step_s)))  # teacher forward + student step
+    max_steps = max(cfg["evals"], int(cfg["distill_s"] / (1.5 * step_s)))  # teacher forward + student step
+    every = max(1, max_steps // cfg["evals"])
+    recovery = RecoveryCallback(teacher, kl_batches, every=every, niah_samples=samples, tokenizer=tokenizer,
+                                max_new_tokens=12)
     dargs = training_arguments(str(out / "distill-run"), max_steps=max_steps, learning_rate=cfg["distill_lr"],
                                per_device_train_batch_size=cfg["batch"], warmup_steps=max(1, max_steps // 20),
-                               weight_decay=0.0, logging_steps=max(1, cfg["eval_every"]), save_strategy="no",
+                               weight_decay=0.0, logging_steps=every, save_strategy="no",
                                bf16=device == "cuda", disable_tqdm=True, use_cpu=device == "cpu")
     distill_rows = rows[len(rows) // 2 :] or rows
     start = time.time()
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"`python benchmarks/convert_recovery.py{' --smoke' if args.smoke else ''} --out {args.out}` — "
         f"{result['environment']['gpu'] or 'CPU'}, torch {torch.__version__}, transformers {transformers.__version__}.",
         "",
-        f"Teacher: stock Qwen3ForCausalLM, {n_params / 1e6:.0f}M parameters, pretrained {pre['seconds']:.0f} s "
+        f"Teacher: stock Qwen3ForCausalLM, {n_params / 1e6:.1f}M parameters, pretrained {pre['seconds']:.0f} s "
         f"({pre['steps']} steps, {pre['tokens'] / 1e6:.1f}M tokens) on offline text + needle documents; imported "
         f"into hybrid_hf with a max logit gap of {gap:.1e}. NIAH ({', '.join(TASKS)}, lengths "
         f"{cfg['lengths']}, {len(samples)} prompts): **{teacher_niah:.2f}**.",
