@@ -7,6 +7,10 @@ on passkey-retrieval prompts until it finds the pass key in a 64-token haystack;
 folder; import that folder into hybrid_hf (same logits); turn every other layer into a 16-token sliding window
 (zero new parameters; ``--select retrieval`` keeps the layers with the strongest retrieval heads full instead);
 distil the hybrid from the original with KL on packed rows, recording the KL and the passkey score as it heals.
+
+Measured with the defaults (CPU, one thread, about 9 minutes): teacher passkey 1.00 (16 prompts); after the
+conversion 0.00 with KL 2.10; after 20 / 40 / 60 distillation steps KL 0.66 / 0.52 / 0.48 and passkey 0.19 / 0.44 /
+0.25 (partly recovered).
 """
 
 from __future__ import annotations
