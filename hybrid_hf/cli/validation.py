@@ -197,6 +197,14 @@ def name_list(text: str) -> list[str]:
     return names
 
 
+def index_list(text: str) -> list[int]:
+    """Comma-separated non-negative integers (layer indices)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise _bad(text, "comma-separated non-negative integers (e.g. 2,4)")
+    return [int(p) for p in parts]
+
+
 def torch_device(text: str) -> str:
     """A torch device string whose device type is usable here."""
     import torch
