@@ -10,7 +10,8 @@ import torch
 from conftest import tiny_config, tiny_model
 
 from hybrid_hf import HybridForCausalLM
-from hybrid_hf.modeling.attention_kernels import available_kernels, cu_seqlens_from_position_ids, resolve_kernel
+from hybrid_hf.modeling.attention_dispatch import available_kernels, resolve_kernel
+from hybrid_hf.modeling.masking import cu_seqlens_from_position_ids
 
 
 def _pair(pattern: str, kernel: str, **overrides):
@@ -91,10 +92,10 @@ def test_resolve_kernel_auto_and_errors():
 def test_auto_kernel_on_cuda_follows_the_measured_order(monkeypatch, triton, flash, sliding, full):
     """auto on CUDA: sliding layers on our Triton kernel, else flash-attn, else FlexAttention; full layers on SDPA
     even when flash-attn is installed (benchmarks/results/attention-kernels-profile-h200-run13.md)."""
-    from hybrid_hf.modeling import attention_kernels
+    from hybrid_hf.modeling import attention_dispatch
 
-    monkeypatch.setattr(attention_kernels, "triton_available", lambda: triton)
-    monkeypatch.setattr(attention_kernels, "flash_attn_available", lambda: flash)
+    monkeypatch.setattr(attention_dispatch, "triton_available", lambda: triton)
+    monkeypatch.setattr(attention_dispatch, "flash_attn_available", lambda: flash)
     cuda = torch.device("cuda")  # a device object only: nothing is allocated
     assert resolve_kernel("auto", cuda, "sliding_attention") == sliding
     assert resolve_kernel("auto", cuda, "full_attention") == full
@@ -161,15 +162,14 @@ def test_generate_fast_compiled_decode_layers_match_eager():
 
 
 def test_generate_fast_reuses_buffers_across_calls_and_tracks_weight_changes():
-    from hybrid_hf.generation import generate_fast, release_decode_buffers
-    from hybrid_hf.generation.fast import _STATE
+    from hybrid_hf.generation import decode_cache, generate_fast, release_decode_buffers
 
     model = tiny_model("SF", sliding_window=4)
     first = generate_fast(model, torch.randint(3, 128, (2, 13)), 6)
-    cache = next(iter(_STATE[model].sessions.values())).cache
+    cache = decode_cache(model)
     prompt = torch.randint(3, 128, (2, 9))  # shorter: stale keys of the first call sit beyond it in the buffers
     seq, logits = generate_fast(model, prompt, 6, return_logits=True)
-    assert next(iter(_STATE[model].sessions.values())).cache is cache  # same buffers, restarted
+    assert decode_cache(model) is cache  # same buffers, restarted
     with torch.no_grad():
         full = model(seq, use_cache=False).logits
     assert (logits - full[:, 8:-1]).abs().max().item() <= 1e-4
@@ -183,7 +183,7 @@ def test_generate_fast_reuses_buffers_across_calls_and_tracks_weight_changes():
         full = model(seq, use_cache=False).logits
     assert (logits - full[:, 8:-1]).abs().max().item() <= 1e-4
     release_decode_buffers(model)
-    assert model not in _STATE
+    assert decode_cache(model) is None
 
 
 def test_static_cache_refuses_prompts_beyond_max_length():
@@ -208,7 +208,7 @@ def test_static_cache_sliding_layers_hold_exactly_the_window():
 
 @pytest.mark.parametrize("split", [1024, 64])
 def test_decode_attention_matches_sdpa_with_gqa_and_split_k(split):
-    from hybrid_hf.modeling.attention_kernels import decode_attention
+    from hybrid_hf.modeling.static_cache import decode_attention
 
     torch.manual_seed(0)
     q = torch.randn(3, 8, 1, 16)
@@ -321,7 +321,7 @@ def test_flash_attn_dispatch_follows_the_documented_interface(monkeypatch, windo
 
 def _reference_attention(q, k, v, window, scale, cu_seqlens):
     """fp32 masked attention of (B, H, T, D) inputs; packed boundaries over the flattened rows. (B, Tq, Hq, D)."""
-    from hybrid_hf.modeling.attention_kernels import document_ids_from_cu_seqlens
+    from hybrid_hf.modeling.masking import document_ids_from_cu_seqlens
 
     q, k, v = q.float(), k.float(), v.float()
     b, _, t_q, _ = q.shape
@@ -342,7 +342,8 @@ def _reference_attention(q, k, v, window, scale, cu_seqlens):
 @pytest.mark.parametrize("kernel", ["sdpa", "flex", "triton", "flash_attn"])
 def test_attention_kernels_match_reference_on_gpu(kernel, case):
     """Each dispatchable kernel, on the GPU in bf16, against an fp32 reference: outputs and gradients."""
-    from hybrid_hf.modeling.attention_kernels import causal_attention, flash_attn_available
+    from hybrid_hf.modeling.attention_dispatch import flash_attn_available
+    from hybrid_hf.modeling.attention_kernels import causal_attention
 
     if kernel == "flash_attn" and not flash_attn_available():
         pytest.skip("flash-attn (2.x or FlashAttention-4) is not installed")

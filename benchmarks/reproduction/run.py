@@ -59,7 +59,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from hybrid_hf import HybridConfig, HybridForCausalLM  # noqa: E402
+from hybrid_hf import PRESETS, HybridConfig, HybridForCausalLM  # noqa: E402
 from hybrid_hf.analysis import (  # noqa: E402
     attention_entropy,
     needle_mass,
@@ -70,7 +70,6 @@ from hybrid_hf.analysis import (  # noqa: E402
 from hybrid_hf.data import build_corpus, read_documents, train_tokenizer  # noqa: E402
 from hybrid_hf.evaluation import evaluate_samples, make_suite, summarize  # noqa: E402
 from hybrid_hf.evaluation.tasks import ADJECTIVES, NEEDLE, NOUNS, QUERY  # noqa: E402
-from hybrid_hf.modeling.configuration_hybrid import PRESETS, _linear_mixer_sizes  # noqa: E402
 
 PAPER_CONTEXT = 16384
 MODELS = ("full", "swa128", "swa512", "swa2048", "swa128-nope", "gdn")
@@ -198,14 +197,12 @@ def build_tokenizer(work: Path, vocab: int, corpus: str | None):
 def make_config(name: str, s: dict, vocab: int) -> HybridConfig:
     size = dict(hidden_size=s["hidden"], intermediate_size=3 * s["hidden"], num_hidden_layers=s["layers"],
                 num_attention_heads=s["heads"])
-    kwargs = {**size, **PRESETS[name]}
-    if "sliding_window" in kwargs:  # the paper's window as a share of its 16K training context
-        scaled = kwargs["sliding_window"] * s["train_len"] * s.get("window_scale", 1.0) / PAPER_CONTEXT
-        kwargs["sliding_window"] = max(4, int(scaled))
-    if "linear_attention_type" in kwargs:
-        kwargs.update(_linear_mixer_sizes(kwargs["linear_attention_type"], size))
-    return HybridConfig(vocab_size=vocab, max_position_embeddings=8 * s["train_len"], pad_token_id=0,
-                        eos_token_id=1, bos_token_id=2, **kwargs)
+    extra = {}
+    if "sliding_window" in PRESETS[name]:  # the paper's window as a share of its 16K training context
+        scaled = PRESETS[name]["sliding_window"] * s["train_len"] * s.get("window_scale", 1.0) / PAPER_CONTEXT
+        extra["sliding_window"] = max(4, int(scaled))
+    return HybridConfig.from_preset(name, size, vocab_size=vocab, max_position_embeddings=8 * s["train_len"],
+                                    pad_token_id=0, eos_token_id=1, bos_token_id=2, **extra)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
