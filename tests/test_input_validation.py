@@ -58,6 +58,7 @@ def test_positions_beyond_max_position_embeddings_run_and_warn_once(caplog):
     model = tiny_model("SF", max_position_embeddings=16)
     from transformers.utils import logging as hf_logging
 
+    logging.Logger.warning_once.cache_clear()  # transformers' once-per-process cache: earlier tests may have warned
     hf_logging.enable_propagation()
     try:
         with caplog.at_level(logging.WARNING):

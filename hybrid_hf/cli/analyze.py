@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+from . import validation as check
 
 EXAMPLES = """examples:
   hybrid-hf analyze niah runs/s1 --lengths 1024 2048 4096 --depths 0 0.25 0.5 0.75 1 --out runs/s1/niah
@@ -24,14 +27,17 @@ Every sub-command prints JSON and, with --output, writes it to a file.
 
 def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
     if model:
-        p.add_argument("model", metavar="MODEL_DIR", help="model folder (weights, config, tokenizer)")
-        p.add_argument("--tokenizer", help="tokenizer folder (default: MODEL_DIR)")
-        p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default: 0)")
-    p.add_argument("--output", metavar="FILE", help="also write the JSON result here")
+        p.add_argument("model", metavar="MODEL_DIR", type=check.model_folder,
+                       help="model folder (weights, config, tokenizer)")
+        p.add_argument("--tokenizer", type=check.existing_folder, help="tokenizer folder (default: MODEL_DIR)")
+        p.add_argument("--device", type=check.torch_device, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--seed", type=check.seed, default=0, help="seed of the generated samples (default: 0)")
+    p.add_argument("--output", metavar="FILE", type=check.output_file, help="also write the JSON result here")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..evaluation import TASKS
+
     parser = subparsers.add_parser(
         "analyze", help="long-context suite and mechanism analyses",
         description="Offline long-context evaluation (passkey, NIAH variants, variable tracking) and the paper's "
@@ -42,11 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("niah", aliases=["longctx"], help="long-context suite: accuracy table and length x depth heatmap")
     _common(p)
-    p.add_argument("--tasks", nargs="+", default=["niah_single"], help="tasks (passkey, niah_single, niah_multikey, "
-                   "niah_multivalue, niah_multiquery, variable_tracking)")
-    p.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048], help="context lengths in tokens")
-    p.add_argument("--depths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="needle depths")
-    p.add_argument("--samples", type=int, default=4, help="samples per (task, length, depth) cell")
+    p.add_argument("--tasks", nargs="+", default=["niah_single"], choices=TASKS, metavar="TASK",
+                   help=f"tasks ({', '.join(TASKS)})")
+    p.add_argument("--lengths", nargs="+", type=check.positive_int, default=[1024, 2048],
+                   help="context lengths in tokens")
+    p.add_argument("--depths", nargs="+", type=check.unit_interval, default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                   help="needle depths, each in [0, 1]")
+    p.add_argument("--samples", type=check.positive_int, default=4, help="samples per (task, length, depth) cell")
     p.add_argument("--haystack", choices=["repeat", "natural"], default="repeat", help="haystack text kind")
     p.add_argument("--out", default="niah", help="folder for JSON, Markdown table and heatmap PNG")
     p.set_defaults(func=_niah)
@@ -56,58 +64,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              ("entropy", _entropy, "normalised attention entropy of the last query positions")):
         p = sub.add_parser(name, help=text)
         _common(p)
-        p.add_argument("--length", type=int, default=1024, help="prompt length in tokens")
-        p.add_argument("--samples", type=int, default=8, help="NIAH samples to average over")
-        p.add_argument("--top-k", type=int, default=4, help="heads to report")
+        p.add_argument("--length", type=check.positive_int, default=1024, help="prompt length in tokens")
+        p.add_argument("--samples", type=check.positive_int, default=8, help="NIAH samples to average over")
+        p.add_argument("--top-k", type=check.positive_int, default=4, help="heads to report")
         if name == "retrieval-heads":
             p.add_argument("--copy-paste", action="store_true", help="also compute Wu et al.'s copy-paste score")
         p.set_defaults(func=func)
 
     p = sub.add_parser("trace", help="retrieval heads across checkpoints: emergence curves and first step > threshold")
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT_DIR", help="checkpoint folders in training order")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the last checkpoint)")
-    p.add_argument("--device")
-    p.add_argument("--length", type=int, default=1024)
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--top-k", type=int, default=4)
-    p.add_argument("--threshold", type=float, default=0.1, help="score a head must reach (default: 0.1)")
-    p.add_argument("--steps", nargs="+", type=int, help="training step of each checkpoint (default: 0, 1, ...)")
-    p.add_argument("--plot", metavar="PNG", help="also draw the emergence curves to this PNG")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT_DIR", type=check.model_folder,
+                   help="checkpoint folders in training order")
+    p.add_argument("--tokenizer", type=check.existing_folder, help="tokenizer folder (default: the last checkpoint)")
+    p.add_argument("--device", type=check.torch_device, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--length", type=check.positive_int, default=1024, help="prompt length in tokens")
+    p.add_argument("--samples", type=check.positive_int, default=8, help="NIAH samples to average over")
+    p.add_argument("--top-k", type=check.positive_int, default=4, help="heads to report")
+    p.add_argument("--threshold", type=check.unit_interval, default=0.1,
+                   help="score a head must reach, in [0, 1] (default: 0.1)")
+    p.add_argument("--steps", nargs="+", type=check.non_negative_int,
+                   help="training step of each checkpoint (default: 0, 1, ...)")
+    p.add_argument("--plot", metavar="PNG", type=check.output_file, help="also draw the emergence curves to this PNG")
     _common(p, model=False)
     p.set_defaults(func=_trace)
 
     p = sub.add_parser("weight-distance", help="per-head Q/K weight distance to a reference checkpoint (GQA-aware)")
     _common(p)
-    p.add_argument("--reference", required=True, metavar="REF_DIR", help="reference checkpoint (e.g. the final one)")
+    p.add_argument("--reference", required=True, metavar="REF_DIR", type=check.model_folder, help="reference checkpoint (e.g. the final one)")
     p.set_defaults(func=_distance)
 
     p = sub.add_parser("probe", help="layer-wise linear probe of the needle value from the last-token residual")
     _common(p)
-    p.add_argument("--length", type=int, default=512)
-    p.add_argument("--samples", type=int, default=200, help="probe dataset size")
-    p.add_argument("--classes", type=int, default=8, help="distinct needle values (labels)")
+    p.add_argument("--length", type=check.positive_int, default=512, help="prompt length in tokens")
+    p.add_argument("--samples", type=check.int_range(2), default=200, help="probe dataset size")
+    p.add_argument("--classes", type=check.int_range(2), default=8, help="distinct needle values (labels)")
     p.set_defaults(func=_probe)
 
     p = sub.add_parser("gradient-influence", help="E||ds/de_(T-d)|| by token distance d")
     _common(p)
-    p.add_argument("--length", type=int, default=1024)
-    p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--distances", nargs="+", type=int, default=[1, 8, 64, 256, 1000])
+    p.add_argument("--length", type=check.positive_int, default=1024, help="prompt length in tokens")
+    p.add_argument("--samples", type=check.positive_int, default=4, help="samples to average over")
+    p.add_argument("--distances", nargs="+", type=check.positive_int, default=[1, 8, 64, 256, 1000],
+                   help="token distances d, each below --length")
     p.set_defaults(func=_gradient)
 
     p = sub.add_parser("cap", help="NIAH with full-attention or efficient layers capped to a window (no retraining)")
     _common(p)
-    p.add_argument("--full-window", type=int, help="cap full-attention layers to this many keys")
-    p.add_argument("--efficient-window", type=int, help="cap sliding-window layers to this many keys")
-    p.add_argument("--sinks", type=int, default=0, help="leading tokens kept visible (attention sinks)")
-    p.add_argument("--lengths", nargs="+", type=int, default=[1024])
-    p.add_argument("--depths", nargs="+", type=float, default=[0.1, 0.5, 0.9])
-    p.add_argument("--samples", type=int, default=2)
+    p.add_argument("--full-window", type=check.positive_int, help="cap full-attention layers to this many keys")
+    p.add_argument("--efficient-window", type=check.positive_int, help="cap sliding-window layers to this many keys")
+    p.add_argument("--sinks", type=check.non_negative_int, default=0,
+                   help="leading tokens kept visible (attention sinks)")
+    p.add_argument("--lengths", nargs="+", type=check.positive_int, default=[1024], help="context lengths in tokens")
+    p.add_argument("--depths", nargs="+", type=check.unit_interval, default=[0.1, 0.5, 0.9],
+                   help="needle depths, each in [0, 1]")
+    p.add_argument("--samples", type=check.positive_int, default=2, help="samples per (length, depth) cell")
     p.set_defaults(func=_cap)
 
     p = sub.add_parser("scaling-fit", help="fit L = b N^-alpha + c D^-beta (Huber in log space), held-out R^2")
-    p.add_argument("table", metavar="TSV", help="tab-separated columns N, D, L with a header row")
-    p.add_argument("--holdout-n", type=float, help="hold out the rows with this N and report their R^2")
+    p.add_argument("table", metavar="TSV", type=check.existing_file, help="tab-separated columns N, D, L with a header row")
+    p.add_argument("--holdout-n", type=check.positive_float, help="hold out the rows with this N and report their R^2")
     p.add_argument("--log-target", action="store_true", help="fit log L (e.g. log LongPPL)")
     _common(p, model=False)
     p.set_defaults(func=_scaling)
@@ -200,7 +214,8 @@ def _trace(args: argparse.Namespace) -> int:
     samples = _samples(tok, args.length, args.samples, args.seed)
     steps = args.steps or list(range(len(args.checkpoints)))
     if len(steps) != len(args.checkpoints):
-        raise SystemExit(f"--steps: {len(steps)} values for {len(args.checkpoints)} checkpoints")
+        raise check.CLIError(f"--steps has {len(steps)} values for {len(args.checkpoints)} checkpoints; "
+                             "allowed: one step per CKPT_DIR")
     ckpts = list(zip(steps, args.checkpoints))
     trace = trace_heads(lambda p: AutoModelForCausalLM.from_pretrained(p).to(device).eval(), ckpts, samples,
                         k=args.top_k, threshold=args.threshold)
@@ -262,6 +277,10 @@ def _gradient(args: argparse.Namespace) -> int:
 
     from ..analysis import gradient_influence
 
+    too_far = [d for d in args.distances if d >= args.length]
+    if too_far:
+        raise check.CLIError(f"--distances {' '.join(map(str, too_far))}: allowed: distances below --length "
+                             f"{args.length}")
     model, tok = _load(args)
     ids = torch.tensor([s.input_ids for s in _samples(tok, args.length, args.samples, args.seed)], device=model.device)
     return _emit(args, {"influence": gradient_influence(model, ids, args.distances)})
@@ -271,6 +290,8 @@ def _cap(args: argparse.Namespace) -> int:
     from ..analysis import receptive_field_cap
     from ..evaluation import evaluate_samples, make_suite, summarize
 
+    if args.full_window is None and args.efficient_window is None:
+        raise check.CLIError("nothing to cap: give --full-window and/or --efficient-window")
     model, tok = _load(args)
     suite = make_suite(tok, ["niah_single"], args.lengths, args.depths, args.samples, args.seed)
     base = summarize(evaluate_samples(model, tok, suite))
@@ -283,6 +304,29 @@ def _cap(args: argparse.Namespace) -> int:
 def _scaling(args: argparse.Namespace) -> int:
     from ..analysis import fit_scaling_law
 
-    rows = [line.split("\t") for line in Path(args.table).read_text().splitlines()[1:] if line.strip()]
-    n, d, loss = ([float(r[i]) for r in rows] for i in range(3))
+    n, d, loss = _read_table(args.table)
+    if args.holdout_n is not None and args.holdout_n not in n:
+        raise check.CLIError(f"--holdout-n {args.holdout_n:g} matches no N in {str(args.table)!r}; allowed: "
+                             f"{', '.join(f'{v:g}' for v in sorted(set(n)))}")
+    if sum(v != args.holdout_n for v in n) < 4:
+        raise check.CLIError(f"{str(args.table)!r}: the fit needs at least 4 rows besides the held-out ones")
     return _emit(args, fit_scaling_law(n, d, loss, holdout_n=args.holdout_n, log_target=args.log_target))
+
+
+def _read_table(path: Path) -> tuple[list[float], list[float], list[float]]:
+    """Columns N, D, L of a tab-separated file with a header row; every cell must be a positive number."""
+    columns: tuple[list[float], list[float], list[float]] = ([], [], [])
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()[1:], 2):
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        try:
+            values = [float(c) for c in cells[:3]]
+        except ValueError:
+            values = []
+        if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+            raise check.CLIError(f"TSV {str(path)!r} line {lineno}: expected three positive numbers N, D, L "
+                                 f"separated by tabs, got {line!r}")
+        for column, value in zip(columns, values):
+            column.append(value)
+    return columns

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from . import validation as check
+
 EXAMPLES = """examples:
   hybrid-hf card runs/tiny-pt/final
   hybrid-hf card runs/s1/final --repo-id me/s1-swa128 --training-data @data_card.md \\
@@ -20,28 +22,25 @@ def add_card_arguments(p: argparse.ArgumentParser, repo_id_option: bool = True) 
     """Model-card options shared by `card` and `push` (which takes the repository id as an argument instead)."""
     g = p.add_argument_group("model card")
     if repo_id_option:
-        g.add_argument("--repo-id", help="Hub id shown in the usage snippet (e.g. me/my-model)")
+        g.add_argument("--repo-id", type=check.hub_repo_id, help="Hub id shown in the usage snippet (e.g. me/my-model)")
     g.add_argument("--name", help="card title (default: last part of --repo-id)")
     g.add_argument("--description", help="text under the title")
-    g.add_argument("--training-data", metavar="TEXT", help="training-data section; @FILE reads it from a file")
-    g.add_argument("--eval-results", metavar="JSON", help="JSON file with evaluation tables")
-    g.add_argument("--dataset", action="append", default=[], help="Hub dataset id for the card metadata (repeatable)")
+    g.add_argument("--training-data", metavar="TEXT", type=check.text_or_file, help="training-data section; @FILE reads it from a file")
+    g.add_argument("--eval-results", metavar="JSON", type=check.existing_file, help="JSON file with evaluation tables")
+    g.add_argument("--dataset", action="append", default=[], type=check.hub_repo_id, help="Hub dataset id for the card metadata (repeatable)")
     g.add_argument("--license", default="apache-2.0", help="license id for the card metadata (default: apache-2.0)")
-    g.add_argument("--base-model", help="Hub id of the model this one was fine-tuned from")
-    g.add_argument("--template", help="card template file (default: model_cards/hybrid_hf.md)")
+    g.add_argument("--base-model", type=check.hub_repo_id, help="Hub id of the model this one was fine-tuned from")
+    g.add_argument("--template", type=check.existing_file, help="card template file (default: model_cards/hybrid_hf.md)")
 
 
 def card_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from ..hub import load_eval_results
 
-    training = args.training_data
-    if training and training.startswith("@"):
-        training = Path(training[1:]).read_text(encoding="utf-8")
     return {
         "repo_id": args.repo_id,
         "model_name": args.name,
         "description": args.description,
-        "training_data": training,
+        "training_data": args.training_data,
         "eval_results": load_eval_results(args.eval_results) if args.eval_results else None,
         "datasets": args.dataset,
         "license": args.license,
@@ -60,8 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="model folder (config.json is enough)")
-    p.add_argument("--output", metavar="FILE", help="where to write the card (default: MODEL_DIR/README.md; - prints it)")
+    p.add_argument("model", metavar="MODEL_DIR", type=check.model_folder, help="model folder (config.json is enough)")
+    p.add_argument("--output", metavar="FILE", type=check.output_file, help="where to write the card (default: MODEL_DIR/README.md; - prints it)")
     add_card_arguments(p)
     p.set_defaults(func=run)
 

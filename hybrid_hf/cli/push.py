@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from . import validation as check
 from .card import add_card_arguments, card_kwargs
 
 EXAMPLES = """examples:
@@ -29,15 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="saved model folder (e.g. OUTPUT_DIR/final of `train`)")
-    p.add_argument("repo_id", metavar="REPO_ID", help="Hub repository, e.g. me/my-hybrid")
+    p.add_argument("model", metavar="MODEL_DIR", type=check.model_folder, help="saved model folder (e.g. OUTPUT_DIR/final of `train`)")
+    p.add_argument("repo_id", metavar="REPO_ID", type=check.hub_repo_id, help="Hub repository, e.g. me/my-hybrid")
     g = p.add_argument_group("upload")
     g.add_argument("--private", action="store_true", help="create the repository as private")
     g.add_argument("--revision", metavar="BRANCH", help="upload to this branch (created if missing)")
     g.add_argument("--commit-message", help="commit message (default: 'Upload REPO_ID (hybrid_hf)')")
     g.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing directly")
     g.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
-    g.add_argument("--output-dir", help="keep the prepared folder here (default: a temporary folder)")
+    g.add_argument("--output-dir", type=check.output_folder, help="keep the prepared folder here (default: a temporary folder)")
     g.add_argument("--prepare-only", action="store_true", help="only prepare --output-dir; no network access")
     g.add_argument("--overwrite", action="store_true", help="allow a non-empty --output-dir")
     add_card_arguments(p, repo_id_option=False)
@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = card_kwargs(args)
     if args.prepare_only:
         if not args.output_dir:
-            print("hybrid-hf push: --prepare-only needs --output-dir", file=sys.stderr)
-            return 2
+            raise check.CLIError("--prepare-only needs --output-dir (the folder to prepare)")
         folder = prepare_checkpoint(args.model, args.output_dir, overwrite=args.overwrite, **kwargs)
         print(f"prepared {folder}; upload it with `hybrid-hf push {args.model} {args.repo_id}`")
         return 0
@@ -69,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             **kwargs,
         )
-    except HubError as err:
-        print(f"hybrid-hf push: {err}", file=sys.stderr)
-        return 1
+    except HubError as err:  # the input was fine; the Hub could not be reached or refused
+        raise check.CLIError(str(err), exit_code=1) from err
     print(f"uploaded: {url}")
     return 0

@@ -89,23 +89,43 @@ def sample_documents() -> list[str]:
 
 def read_documents(path: str | Path, text_field: str = "text") -> list[str]:
     """Read documents from a ``.jsonl`` file (``text_field`` of each line) or a plain text file (paragraphs
-    separated by blank lines)."""
+    separated by blank lines).
+
+    Every jsonl line must be an object whose ``text_field`` is a string; blank lines and empty or all-whitespace
+    texts are skipped (as empty paragraphs are in text files). Anything else raises ``ValueError`` naming the line.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"read_documents: no such file {str(path)!r}.")
-    if path.suffix == ".jsonl":
+    where = f"read_documents: {str(path)!r}"
+    try:
+        if path.suffix != ".jsonl":
+            text = path.read_text(encoding="utf-8")
+            return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
         docs = []
         with path.open(encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{where} line {lineno} is not valid JSON ({err}).") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{where} line {lineno} is a JSON {type(row).__name__}; allowed: an object "
+                                     f"with a string field {text_field!r}.")
                 if text_field not in row:
-                    raise ValueError(f"read_documents: line {lineno} of {str(path)!r} has no field {text_field!r}.")
-                docs.append(str(row[text_field]))
+                    raise ValueError(f"{where} line {lineno} has no field {text_field!r} (fields: "
+                                     f"{', '.join(map(str, row)) or 'none'}).")
+                value = row[text_field]
+                if not isinstance(value, str):
+                    shown = "null" if value is None else f"a {type(value).__name__}"
+                    raise ValueError(f"{where} line {lineno}: {text_field!r} is {shown}; allowed: a string.")
+                if value.strip():
+                    docs.append(value)
         return docs
-    text = path.read_text(encoding="utf-8")
-    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{where} is not UTF-8 text ({err}).") from None
 
 
 def write_documents(docs: Sequence[str], path: str | Path) -> Path:

@@ -14,13 +14,14 @@ from .card import (
     render_model_card,
     template_path,
 )
-from .checkpoint import HubError, check_checkpoint, prepare_checkpoint, publish, push_folder
+from .checkpoint import HubError, check_checkpoint, check_repo_id, prepare_checkpoint, publish, push_folder
 
 __all__ = [
     "CITATION",
     "HubError",
     "architecture_summary",
     "check_checkpoint",
+    "check_repo_id",
     "layer_diagram",
     "load_eval_results",
     "parameter_counts",

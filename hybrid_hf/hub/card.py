@@ -371,4 +371,14 @@ def _present_lora_targets(model_or_config: nn.Module | HybridConfig) -> list[str
 
 def load_eval_results(path: str | Path) -> EvalResults:
     """Evaluation results from a JSON file (any shape accepted by ``render_eval_tables``)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_eval_results: no such file {str(path)!r}.")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"load_eval_results: {str(path)!r} is not valid JSON ({err}).") from None
+    if not isinstance(results, (dict, list)) or (isinstance(results, list) and not all(isinstance(r, dict) for r in results)):
+        raise ValueError(f"load_eval_results: {str(path)!r} holds a {type(results).__name__}; allowed: a JSON object "
+                         "of metrics or of tables, or a list of row objects.")
+    return results

@@ -21,6 +21,26 @@ class HubError(RuntimeError):
     """An upload to the Hub could not be done; the message says why and what to do."""
 
 
+def check_repo_id(repo_id: str) -> str:
+    """Return ``repo_id`` if it is a valid Hub model id (``name`` or ``namespace/name``), else raise ``ValueError``.
+
+    Uses huggingface_hub's own validator, offline, so that a bad id fails before any checkpoint is prepared or any
+    request is sent; the message is one line.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str):
+        raise ValueError(f"invalid Hub repository id {repo_id!r}; allowed: a string 'name' or 'namespace/name'.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        reason = " ".join(str(err).split())
+        raise ValueError(
+            f"invalid Hub repository id {repo_id!r}; allowed: 'name' or 'namespace/name' ({reason})"
+        ) from None
+    return repo_id
+
+
 def _load(model: nn.Module | str | Path) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
     if isinstance(model, nn.Module):
         return model, None
@@ -178,6 +198,7 @@ def push_folder(
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
+    check_repo_id(repo_id)
     folder = Path(folder)
     check_checkpoint(folder)
     later = retry_hint or (
@@ -234,6 +255,7 @@ def publish(
     ``output_dir`` keeps the prepared folder; by default a temporary one is used and removed afterwards.
     Extra keyword arguments (``tokenizer``, ``training_data``, ``eval_results``, ...) go to ``prepare_checkpoint``.
     """
+    check_repo_id(repo_id)
     push = dict(token=token, private=private, revision=revision, commit_message=commit_message, create_pr=create_pr,
                 api=api)
     if output_dir is not None:

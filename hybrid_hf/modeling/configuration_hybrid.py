@@ -7,9 +7,14 @@ libraries and transformers, and relative modules of this folder.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
+import reprlib
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 LAYER_TYPES = ("full_attention", "sliding_attention", "linear_attention")
@@ -17,7 +22,25 @@ PATTERN_LETTERS = {"F": "full_attention", "S": "sliding_attention", "L": "linear
 POSITION_ENCODINGS = ("rope", "nope")
 LINEAR_ATTENTION_TYPES = ("gated_deltanet", "mamba2", "lightning")
 ATTENTION_KERNELS = ("auto", "flash_attn", "triton", "flex", "sdpa", "transformers")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
+HIDDEN_ACTS = ("silu", "gelu", "gelu_pytorch_tanh", "relu")
+# Keys each transformers rope_type reads besides `rope_type`, `rope_theta` and `partial_rotary_factor`, as
+# (required, optional): transformers' `_validate_<type>_rope_parameters` and `ROPE_INIT_FUNCTIONS`.
+_ROPE_TYPE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "default": ((), ()),
+    "linear": (("factor",), ()),
+    "dynamic": (("factor",), ()),
+    "yarn": (
+        ("factor", "original_max_position_embeddings"),
+        ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"),
+    ),
+    "longrope": (("short_factor", "long_factor", "original_max_position_embeddings"), ("factor", "attention_factor")),
+    "llama3": (("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"), ()),
+    "proportional": ((), ("factor",)),
+}
+# Every type of the installed transformers that has a schema above (tests check that none is missing).
+SUPPORTED_ROPE_TYPES = tuple(t for t in _ROPE_TYPE_KEYS if t == "default" or t in ROPE_INIT_FUNCTIONS)
+# Types whose `original_max_position_embeddings` defaults to `max_position_embeddings` (transformers' standardisation)
+_ROPE_TYPES_WITH_ORIGINAL_MAX = ("llama3", "yarn", "longrope")
 
 # Paper sizes S1-S5 (non-embedding parameters about 15M, 31.5M, 65M, 104M, 477M).
 SIZES: dict[str, dict[str, int]] = {
@@ -48,7 +71,122 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _invalid(field: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"HybridConfig: invalid `{field}`={value!r}; allowed: {allowed}.")
+    return ValueError(f"HybridConfig: invalid `{field}`={reprlib.repr(value)}; allowed: {allowed}.")
+
+
+# Documented bounds of the size fields: far beyond any model this package trains, small enough that no derived size
+# overflows, and positions, windows and sink counts fit the int32 the attention kernels index with.
+MAX_WIDTH = 2**24  # vocab_size, hidden_size, intermediate_size
+MAX_COUNT = 1024  # layers, heads, per-head widths, state size, conv kernel, chunk length
+MAX_POSITIONS = 2**31 - 1  # max_position_embeddings, windows, sinks
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """Type and range of one scalar constructor argument; ``check`` returns the value normalised (int, float)."""
+
+    kind: str  # "int", "real", "bool" or "choice"
+    lo: float = 0
+    hi: float = 0
+    open_lo: bool = False
+    open_hi: bool = False
+    optional: bool = False  # None allowed
+    choices: tuple[str, ...] = ()
+    many: bool = False  # a non-empty list of such values allowed too (eos_token_id)
+
+    def allowed(self) -> str:
+        if self.kind == "bool":
+            text = "True or False"
+        elif self.kind == "choice":
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            lo, hi = ("(" if self.open_lo else "[") + f"{self.lo:g}", f"{self.hi:g}" + (")" if self.open_hi else "]")
+            text = ("an integer" if self.kind == "int" else "a finite number") + f" in {lo}, {hi}"
+        text += " (or a non-empty list of them)" if self.many else ""
+        return f"None or {text}" if self.optional else text
+
+    def check(self, field: str, value: Any) -> Any:
+        if value is None and self.optional:
+            return None
+        if self.many and isinstance(value, (list, tuple)) and value:
+            return [self._scalar(field, v) for v in value]
+        return self._scalar(field, value)
+
+    def _scalar(self, field: str, value: Any) -> Any:
+        if self.kind == "bool":
+            ok = isinstance(value, bool)
+        elif self.kind == "choice":
+            ok = isinstance(value, str) and value in self.choices
+        elif isinstance(value, bool) or not isinstance(value, numbers.Integral if self.kind == "int" else numbers.Real):
+            ok = False
+        else:
+            try:
+                value = int(value) if self.kind == "int" else float(value)
+            except OverflowError:  # an int too large for a float
+                raise _invalid(field, value, self.allowed()) from None
+            above = value > self.lo if self.open_lo else value >= self.lo
+            below = value < self.hi if self.open_hi else value <= self.hi
+            ok = math.isfinite(value) and above and below
+        if not ok:
+            raise _invalid(field, value, self.allowed())
+        return value
+
+
+def _int(lo: int, hi: int, optional: bool = False, many: bool = False) -> FieldRule:
+    return FieldRule("int", lo, hi, optional=optional, many=many)
+
+
+def _real(lo: float, hi: float, open_lo: bool = False, open_hi: bool = False, optional: bool = False) -> FieldRule:
+    return FieldRule("real", lo, hi, open_lo=open_lo, open_hi=open_hi, optional=optional)
+
+
+def _one_of(choices: tuple[str, ...], optional: bool = False) -> FieldRule:
+    return FieldRule("choice", choices=choices, optional=optional)
+
+
+_BOOL = FieldRule("bool")
+_TOKEN_ID = _int(0, MAX_WIDTH - 1, optional=True)  # and below vocab_size, checked with it
+
+# One rule per scalar constructor argument, checked once, first. Structured arguments (layer_types, layer_pattern,
+# position_encodings, rope_parameters) and the rules that tie fields together are checked by their resolvers.
+FIELD_RULES: dict[str, FieldRule] = {
+    "vocab_size": _int(1, MAX_WIDTH),
+    "hidden_size": _int(1, MAX_WIDTH),
+    "intermediate_size": _int(1, MAX_WIDTH),
+    "num_hidden_layers": _int(1, MAX_COUNT),
+    "num_attention_heads": _int(1, MAX_COUNT),
+    "num_key_value_heads": _int(1, MAX_COUNT, optional=True),
+    "head_dim": _int(1, MAX_COUNT, optional=True),
+    "hidden_act": _one_of(HIDDEN_ACTS),
+    "max_position_embeddings": _int(1, MAX_POSITIONS),
+    "initializer_range": _real(0.0, 1.0),
+    "rms_norm_eps": _real(0.0, 1.0, open_lo=True),
+    "use_cache": _BOOL,
+    "tie_word_embeddings": _BOOL,
+    "sliding_window": _int(1, MAX_POSITIONS, optional=True),
+    "rope_theta": _real(0.0, math.inf, open_lo=True, optional=True),
+    "sliding_rope_theta": _real(0.0, math.inf, open_lo=True, optional=True),
+    "use_qk_norm": _BOOL,
+    "attention_bias": _BOOL,
+    "attention_dropout": _real(0.0, 1.0, open_hi=True),
+    "linear_attention_type": _one_of(LINEAR_ATTENTION_TYPES, optional=True),
+    "linear_num_heads": _int(1, MAX_COUNT, optional=True),
+    "linear_head_dim": _int(1, MAX_COUNT, optional=True),
+    "linear_expand_v": _real(0.0, 16.0, open_lo=True),
+    "linear_conv_kernel_size": _int(1, MAX_COUNT),
+    "linear_chunk_size": _int(1, MAX_COUNT),
+    "linear_state_size": _int(1, MAX_COUNT),
+    "eval_full_attention_window": _int(1, MAX_POSITIONS, optional=True),
+    "eval_efficient_window": _int(1, MAX_POSITIONS, optional=True),
+    "eval_attention_sink_size": _int(0, MAX_POSITIONS),
+    "attention_kernel": _one_of(ATTENTION_KERNELS),
+    "fused_cross_entropy": _BOOL,
+    "pad_token_id": _TOKEN_ID,
+    "bos_token_id": _TOKEN_ID,
+    "eos_token_id": _int(0, MAX_WIDTH - 1, optional=True, many=True),
+}
+# Checked here, passed on to transformers' PreTrainedConfig (or, for the RoPE shorthands, to `rope_parameters`).
+_NOT_STORED = ("tie_word_embeddings", "pad_token_id", "bos_token_id", "eos_token_id", "rope_theta", "sliding_rope_theta")
 
 
 class HybridConfig(PreTrainedConfig):
@@ -167,52 +305,25 @@ class HybridConfig(PreTrainedConfig):
         eos_token_id: int | None = None,
         **kwargs: Any,
     ) -> None:
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
-        self.head_dim = head_dim
-        self.hidden_act = hidden_act
-        self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.use_qk_norm = use_qk_norm
-        self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
-        self.sliding_window = sliding_window
-        self.linear_attention_type = linear_attention_type
-        self.linear_num_heads = linear_num_heads
-        self.linear_head_dim = linear_head_dim
-        self.linear_expand_v = linear_expand_v
-        self.linear_conv_kernel_size = linear_conv_kernel_size
-        self.linear_chunk_size = linear_chunk_size
-        self.linear_state_size = linear_state_size
-        self.eval_full_attention_window = eval_full_attention_window
-        self.eval_efficient_window = eval_efficient_window
-        self.eval_attention_sink_size = eval_attention_sink_size
-        self.attention_kernel = attention_kernel
-        self.fused_cross_entropy = fused_cross_entropy
-
-        self._validate_sizes()
-        if self.head_dim is None:
-            self.head_dim = hidden_size // num_attention_heads
+        # Every scalar argument is checked against FIELD_RULES first; the resolvers below only check how fields fit
+        # together (divisibility, per-layer lists, what a layer type needs).
+        given = locals()
+        args = {name: rule.check(name, given[name]) for name, rule in FIELD_RULES.items()}
+        for name, value in args.items():
+            if name not in _NOT_STORED:
+                setattr(self, name, value)
+        self._resolve_heads()
         self.layer_types = self._resolve_layer_types(layer_types, layer_pattern)
-        self._validate_layers()
         self.position_encodings = self._resolve_position_encodings(position_encodings)
+        self._resolve_layer_fields()
         self.rope_parameters = self._resolve_rope_parameters(rope_parameters, rope_theta, sliding_rope_theta)
         # transformers' DynamicCache reads this to size LinearAttentionLayer state lists.
         self.number_of_conv_states = 1
-
-        super().__init__(
-            pad_token_id=pad_token_id,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            tie_word_embeddings=tie_word_embeddings,
-            **kwargs,
-        )
+        tokens = {k: args[k] for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+        for name, ids in tokens.items():
+            if any(i >= self.vocab_size for i in (ids if isinstance(ids, list) else [ids]) if i is not None):
+                raise _invalid(name, ids, f"None or a token id below vocab_size={self.vocab_size}")
+        super().__init__(**tokens, tie_word_embeddings=args["tie_word_embeddings"], **kwargs)
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -233,35 +344,30 @@ class HybridConfig(PreTrainedConfig):
         return cls(**kwargs)
 
     # --------------------------------------------------------------- validation
-    def _validate_sizes(self) -> None:
-        for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise _invalid(field, value, "a positive integer")
-        kv = self.num_key_value_heads
-        if not isinstance(kv, int) or kv < 1 or self.num_attention_heads % kv:
-            raise _invalid("num_key_value_heads", kv, f"a positive divisor of num_attention_heads={self.num_attention_heads}")
-        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
-            raise _invalid(
-                "num_attention_heads",
-                self.num_attention_heads,
-                f"a divisor of hidden_size={self.hidden_size}, or set head_dim explicitly",
-            )
-        if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim < 1 or self.head_dim % 2):
-            raise _invalid("head_dim", self.head_dim, "a positive even integer")
-        if not 0.0 <= self.attention_dropout < 1.0:
-            raise _invalid("attention_dropout", self.attention_dropout, "a float in [0, 1)")
-        if self.rms_norm_eps <= 0:
-            raise _invalid("rms_norm_eps", self.rms_norm_eps, "a positive float")
-        if self.hidden_act not in ("silu", "gelu", "gelu_pytorch_tanh", "relu"):
-            raise _invalid("hidden_act", self.hidden_act, "silu, gelu, gelu_pytorch_tanh, relu")
+    def _resolve_heads(self) -> None:
+        """Defaults of ``num_key_value_heads`` and ``head_dim``, and how the head counts divide."""
+        heads = self.num_attention_heads
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = heads
+        elif heads % self.num_key_value_heads:
+            raise _invalid("num_key_value_heads", self.num_key_value_heads, f"None or a divisor of num_attention_heads={heads}")
+        if self.head_dim is None:
+            if self.hidden_size % heads:
+                raise _invalid(
+                    "num_attention_heads", heads, f"a divisor of hidden_size={self.hidden_size}, or set head_dim explicitly"
+                )
+            self.head_dim = self.hidden_size // heads
+            if self.head_dim > MAX_COUNT:  # it is saved, so it must pass its own rule on loading
+                raise _invalid(
+                    "head_dim", None, f"a head_dim <= {MAX_COUNT}: hidden_size // num_attention_heads={self.head_dim}"
+                )
 
     def _resolve_layer_types(self, layer_types: list[str] | None, layer_pattern: str | None) -> list[str]:
         n = self.num_hidden_layers
         from_pattern = None
         if layer_pattern is not None:
             if not isinstance(layer_pattern, str) or not layer_pattern or set(layer_pattern) - set(PATTERN_LETTERS):
-                raise _invalid("layer_pattern", layer_pattern, "a non-empty string of the letters F, S, L")
+                raise _invalid("layer_pattern", layer_pattern, "None or a non-empty string of the letters F, S, L")
             if n % len(layer_pattern):
                 raise _invalid(
                     "layer_pattern", layer_pattern, f"a pattern whose length divides num_hidden_layers={n}"
@@ -269,57 +375,39 @@ class HybridConfig(PreTrainedConfig):
             from_pattern = [PATTERN_LETTERS[c] for c in layer_pattern * (n // len(layer_pattern))]
         if layer_types is None:
             return from_pattern or ["full_attention"] * n
-        layer_types = list(layer_types)
-        if len(layer_types) != n:
-            raise _invalid("layer_types", layer_types, f"a list of exactly num_hidden_layers={n} entries")
-        for t in layer_types:
+        if not isinstance(layer_types, (list, tuple)) or len(layer_types) != n:
+            raise _invalid("layer_types", layer_types, f"None or a list of exactly num_hidden_layers={n} layer types")
+        for i, t in enumerate(layer_types):
             if t not in LAYER_TYPES:
-                raise _invalid("layer_types", t, ", ".join(LAYER_TYPES))
-        if from_pattern is not None and from_pattern != layer_types:
+                raise _invalid(f"layer_types[{i}]", t, ", ".join(LAYER_TYPES))
+        if from_pattern is not None and from_pattern != list(layer_types):
             raise _invalid("layer_pattern", layer_pattern, f"a pattern consistent with layer_types={layer_types}")
-        return layer_types
+        return list(layer_types)
 
-    def _validate_layers(self) -> None:
-        has_sliding = "sliding_attention" in self.layer_types
-        w = self.sliding_window
-        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
-            raise _invalid("sliding_window", w, "a positive integer (keys per query, including the current token)")
-        if has_sliding and w is None:
-            raise _invalid("sliding_window", w, "a positive integer when layer_types contains 'sliding_attention'")
-        has_linear = "linear_attention" in self.layer_types
-        if has_linear and self.linear_attention_type not in LINEAR_ATTENTION_TYPES:
-            raise _invalid("linear_attention_type", self.linear_attention_type, ", ".join(LINEAR_ATTENTION_TYPES))
-        if not has_linear and self.linear_attention_type is not None and self.linear_attention_type not in LINEAR_ATTENTION_TYPES:
-            raise _invalid("linear_attention_type", self.linear_attention_type, ", ".join(LINEAR_ATTENTION_TYPES))
-        for field in ("eval_full_attention_window", "eval_efficient_window"):
-            v = getattr(self, field)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise _invalid(field, v, "None or a positive integer")
-        if self.attention_kernel not in ATTENTION_KERNELS:
-            raise _invalid("attention_kernel", self.attention_kernel, ", ".join(ATTENTION_KERNELS))
-        if not isinstance(self.eval_attention_sink_size, int) or self.eval_attention_sink_size < 0:
-            raise _invalid("eval_attention_sink_size", self.eval_attention_sink_size, "a non-negative integer")
-        if has_linear:
-            if self.linear_num_heads is None:
-                self.linear_num_heads = self.num_attention_heads
-            if self.linear_head_dim is None:
-                self.linear_head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
-            for field in ("linear_num_heads", "linear_head_dim", "linear_state_size"):
-                v = getattr(self, field)
-                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                    raise _invalid(field, v, "a positive integer")
-            if self.linear_attention_type == "lightning" and self.linear_expand_v != 1.0:
-                raise _invalid("linear_expand_v", self.linear_expand_v, "1.0 for lightning (values share q/k width)")
-            if self.linear_attention_type == "mamba2" and self.linear_expand_v != 1.0:
-                raise _invalid("linear_expand_v", self.linear_expand_v, "1.0 for mamba2 (head_dim is the value width)")
-            if not (isinstance(self.linear_expand_v, (int, float)) and self.linear_expand_v > 0):
-                raise _invalid("linear_expand_v", self.linear_expand_v, "a positive number")
-            if float(self.linear_head_dim * self.linear_expand_v) != int(self.linear_head_dim * self.linear_expand_v):
-                raise _invalid("linear_expand_v", self.linear_expand_v, "a factor giving an integer value head width")
-        if self.linear_conv_kernel_size < 1:
-            raise _invalid("linear_conv_kernel_size", self.linear_conv_kernel_size, "a positive integer")
-        if self.linear_chunk_size < 1:
-            raise _invalid("linear_chunk_size", self.linear_chunk_size, "a positive integer")
+    def _resolve_layer_fields(self) -> None:
+        """What the layer types present need: a window, a recurrent mixer and its head layout, RoPE-able heads."""
+        types = set(self.layer_types)
+        if "sliding_attention" in types and self.sliding_window is None:
+            raise _invalid("sliding_window", None, "a positive integer when layer_types contains 'sliding_attention'")
+        if self.head_dim % 2 and "rope" in self.position_encodings:
+            raise _invalid(
+                "head_dim", self.head_dim, "an even integer when a layer uses RoPE (default hidden_size // num_attention_heads)"
+            )
+        if "linear_attention" not in types:
+            return
+        kind = self.linear_attention_type
+        if kind is None:
+            raise _invalid("linear_attention_type", kind, f"{', '.join(LINEAR_ATTENTION_TYPES)} with linear_attention layers")
+        if self.linear_num_heads is None:
+            self.linear_num_heads = self.num_attention_heads
+        if self.linear_head_dim is None:
+            self.linear_head_dim = self.head_dim
+        if kind != "gated_deltanet" and self.linear_expand_v != 1.0:
+            raise _invalid("linear_expand_v", self.linear_expand_v, f"1.0 for {kind} (only gated_deltanet widens values)")
+        if not (self.linear_head_dim * self.linear_expand_v).is_integer():
+            raise _invalid(
+                "linear_expand_v", self.linear_expand_v, f"a factor giving linear_head_dim={self.linear_head_dim} an integer value width"
+            )
 
     def _resolve_position_encodings(self, pe: list[str] | dict[str, str] | str | None) -> list[str]:
         types = self.layer_types
@@ -357,33 +445,43 @@ class HybridConfig(PreTrainedConfig):
     def _resolve_rope_parameters(
         self, rope_parameters: dict[str, Any] | None, rope_theta: float | None, sliding_rope_theta: float | None
     ) -> dict[str, Any]:
-        """Normalise to a dict keyed by attention layer type (``full_attention``/``sliding_attention``)."""
+        """Normalise to a dict keyed by attention layer type (``full_attention``/``sliding_attention``), fill
+        transformers' defaults (``rope_type``, ``rope_theta``, ``original_max_position_embeddings``) and validate."""
         if rope_parameters is not None and not isinstance(rope_parameters, dict):
             raise _invalid("rope_parameters", rope_parameters, "a dict (flat, or keyed by attention layer type)")
         rp = copy.deepcopy(rope_parameters) if rope_parameters else {}
         nested = bool(rp) and all(k in ATTENTION_LAYER_TYPES for k in rp)
         if rp and not nested and any(k in LAYER_TYPES for k in rp):
-            raise _invalid("rope_parameters", rope_parameters, "either a flat dict or one keyed only by layer types")
-        per_type = {t: dict(rp.get(t) or {}) for t in ATTENTION_LAYER_TYPES} if nested else {t: dict(rp) for t in ATTENTION_LAYER_TYPES}
+            raise _invalid(
+                "rope_parameters", rope_parameters, f"either a flat dict or one keyed only by {', '.join(ATTENTION_LAYER_TYPES)}"
+            )
+        per_type = {}
+        for t in ATTENTION_LAYER_TYPES:
+            params = rp.get(t) if nested else rp
+            if params is not None and not isinstance(params, dict):
+                raise _invalid(f"rope_parameters.{t}", params, "a dict of RoPE parameters, or None for defaults")
+            per_type[t] = dict(params or {})
         for t, params in per_type.items():
-            if "type" in params:
+            where = f"rope_parameters.{t}" if nested else "rope_parameters"
+            if "type" in params:  # the pre-5.0 name of `rope_type`
                 params.setdefault("rope_type", params.pop("type"))
             params.setdefault("rope_type", "default")
-            theta = sliding_rope_theta if (t == "sliding_attention" and sliding_rope_theta is not None) else rope_theta
+            theta_field = "sliding_rope_theta" if (t == "sliding_attention" and sliding_rope_theta is not None) else "rope_theta"
+            theta = sliding_rope_theta if theta_field == "sliding_rope_theta" else rope_theta
             if theta is not None:
+                _check_number(theta_field, theta, "> 0")
                 params["rope_theta"] = float(theta)
-            params.setdefault("rope_theta", 10000.0)
-            if params["rope_type"] not in SUPPORTED_ROPE_TYPES:
-                raise _invalid("rope_parameters.rope_type", params["rope_type"], ", ".join(SUPPORTED_ROPE_TYPES))
-            if params["rope_theta"] <= 0:
-                raise _invalid("rope_parameters.rope_theta", params["rope_theta"], "a positive float")
-            if params["rope_type"] in ("llama3", "yarn", "longrope"):
+            params.setdefault("rope_theta", self.default_theta)
+            if params["rope_type"] in _ROPE_TYPES_WITH_ORIGINAL_MAX:
                 params.setdefault("original_max_position_embeddings", self.max_position_embeddings)
-            # RoPE scaling only makes sense where some layer of that type actually uses RoPE.
-            uses_rope = any(lt == t and pe == "rope" for lt, pe in zip(self.layer_types, self.position_encodings))
-            if params["rope_type"] != "default" and not uses_rope and t in self.layer_types:
+            _check_rope_type_parameters(where, params, self.head_dim)
+        # RoPE scaling only makes sense where some layer actually uses RoPE: a flat dict scales the RoPE layers of
+        # either type, a per-type entry those of its type.
+        rope_types = {lt for lt, pe in zip(self.layer_types, self.position_encodings) if pe == "rope"}
+        for t in (t for t in ATTENTION_LAYER_TYPES if nested or not rope_types):
+            if per_type[t]["rope_type"] != "default" and t not in rope_types and t in self.layer_types:
                 raise _invalid(
-                    "rope_parameters",
+                    f"rope_parameters.{t}" if nested else "rope_parameters",
                     rope_parameters,
                     f"no RoPE scaling for {t} layers, which are all NoPE (drop the scaling or use rope_type='default')",
                 )
@@ -397,20 +495,42 @@ class HybridConfig(PreTrainedConfig):
         return "".join(inv[t] for t in self.layer_types)
 
     def convert_rope_params_to_dict(self, **kwargs: Any) -> dict[str, Any]:
-        """RoPE parameters were normalised in ``_resolve_rope_parameters``; only drop legacy keys here (some
-        transformers versions would otherwise write a top-level ``rope_theta`` into the per-type dict)."""
-        kwargs.pop("rope_scaling", None)
-        kwargs.pop("rope_theta", None)
+        """transformers' hook for legacy RoPE keys left in ``kwargs`` (``rope_parameters`` itself was resolved in
+        ``__init__``): ``rope_scaling`` (the pre-5.0 name of ``rope_parameters``, which wins as in transformers; its
+        layer types keep their ``rope_theta`` unless it sets one) and a top-level ``partial_rotary_factor``."""
+        kwargs.pop("rope_theta", None)  # some versions write it back; it already lives in `rope_parameters`
+        rope_scaling = kwargs.pop("rope_scaling", None)
+        partial_rotary_factor = kwargs.pop("partial_rotary_factor", None)
+        if rope_scaling is None and partial_rotary_factor is None:
+            return kwargs
+        if rope_scaling is None:
+            rope_scaling = copy.deepcopy(self.rope_parameters)
+        elif not isinstance(rope_scaling, dict):
+            raise _invalid("rope_scaling", rope_scaling, "a dict of RoPE parameters (better: pass `rope_parameters`)")
+        nested = bool(rope_scaling) and all(k in ATTENTION_LAYER_TYPES for k in rope_scaling)
+        merged = {}
+        for t in ATTENTION_LAYER_TYPES:
+            params = rope_scaling.get(t) if nested else rope_scaling
+            if params is not None and not isinstance(params, dict):
+                raise _invalid(f"rope_scaling.{t}", params, "a dict of RoPE parameters")
+            merged[t] = {"rope_theta": self.rope_parameters[t]["rope_theta"], **(params or {})}
+            if partial_rotary_factor is not None:
+                merged[t].setdefault("partial_rotary_factor", partial_rotary_factor)
+        self.rope_parameters = self._resolve_rope_parameters(merged, None, None)
         return kwargs
 
     def standardize_rope_params(self) -> None:
-        return None
+        """transformers' hook (e.g. after ``config.rope_scaling = ...``): bring ``rope_parameters`` back to the
+        per-layer-type form with defaults filled in, validating it."""
+        self.rope_parameters = self._resolve_rope_parameters(self.rope_parameters, None, None)
 
     def validate_layer_type(self) -> None:  # transformers' hook; our own checks ran at construction
         return None
 
-    def validate_rope(self) -> None:  # RoPE parameters are validated in `_resolve_rope_parameters`
-        return None
+    def validate_rope(self) -> None:
+        """transformers' hook (run by ``config.validate()``): raise ``ValueError`` for invalid ``rope_parameters``,
+        e.g. after they were edited in place. Leaves them unchanged."""
+        self._resolve_rope_parameters(self.rope_parameters, None, None)
 
     # ------------------------------------------------------------ per-layer views (read by every module)
     def layer_window(self, layer_idx: int) -> int | None:
@@ -429,6 +549,70 @@ class HybridConfig(PreTrainedConfig):
     def layer_letter(self, layer_idx: int) -> str:
         """``F``, ``S`` or ``L``: layer ``layer_idx`` in ``layer_pattern`` notation."""
         return {t: c for c, t in PATTERN_LETTERS.items()}[self.layer_types[layer_idx]]
+
+
+def _check_number(field: str, value: Any, bound: str) -> None:
+    """``value`` must be a finite int/float (not a bool) satisfying ``bound``: ``"> 0"`` or ``">= 1"``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and bound == "> 0":
+        ok = value > 0
+    elif ok and bound == ">= 1":
+        ok = value >= 1
+    if not ok:
+        raise _invalid(field, value, f"a finite number {bound}")
+
+
+def _check_rope_type_parameters(where: str, params: dict[str, Any], head_dim: int) -> None:
+    """Validate one layer type's standardised RoPE parameters (``where`` names the dict in messages): the keys
+    its ``rope_type`` reads, their types and ranges. Stricter than transformers, which only logs warnings for bad
+    values and unknown keys."""
+    rope_type = params["rope_type"]
+    if not isinstance(rope_type, str) or rope_type not in SUPPORTED_ROPE_TYPES:
+        raise _invalid(f"{where}.rope_type", rope_type, ", ".join(SUPPORTED_ROPE_TYPES))
+    required, optional = _ROPE_TYPE_KEYS[rope_type]
+    allowed = ("rope_type", "rope_theta", "partial_rotary_factor", *required, *optional)
+    for key in params:
+        if key not in allowed:
+            raise _invalid(f"{where}.{key}", params[key], f"only the keys of rope_type={rope_type!r}: {', '.join(allowed)}")
+    for key in required:
+        if key not in params:
+            raise _invalid(f"{where}.{key}", "<missing>", f"a value; rope_type={rope_type!r} requires {', '.join(required)}")
+    _check_number(f"{where}.rope_theta", params["rope_theta"], "> 0")
+    partial = params.get("partial_rotary_factor", 1.0)
+    if not (isinstance(partial, (int, float)) and not isinstance(partial, bool) and 0 < partial <= 1):
+        raise _invalid(f"{where}.partial_rotary_factor", partial, "a number in (0, 1]")
+    rotary_dim = int(head_dim * partial)
+    if rotary_dim < (4 if rope_type == "dynamic" else 2):  # dynamic NTK divides by rotary_dim - 2
+        raise _invalid(
+            f"{where}.partial_rotary_factor", partial, f"a fraction of head_dim={head_dim} of at least 4 channels for dynamic, 2 otherwise"
+        )
+    # yarn and longrope infer a `factor` of None as max_position_embeddings / original_max_position_embeddings
+    if "factor" in params and not (params["factor"] is None and rope_type in ("yarn", "longrope")):
+        _check_number(f"{where}.factor", params["factor"], "> 0" if rope_type == "proportional" else ">= 1")
+    if "original_max_position_embeddings" in params:
+        original = params["original_max_position_embeddings"]
+        if not isinstance(original, int) or isinstance(original, bool) or original < 1:
+            raise _invalid(f"{where}.original_max_position_embeddings", original, "a positive integer")
+    for key in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "low_freq_factor", "high_freq_factor"):
+        if params.get(key) is not None or (key in params and key in required):
+            _check_number(f"{where}.{key}", params[key], "> 0")
+    if "truncate" in params and not isinstance(params["truncate"], bool):
+        raise _invalid(f"{where}.truncate", params["truncate"], "True or False")
+    if rope_type == "yarn" and (params.get("beta_fast") or 32) <= (params.get("beta_slow") or 1):
+        raise _invalid(f"{where}.beta_fast", params.get("beta_fast"), "a number > beta_slow (defaults 32 and 1)")
+    if rope_type == "llama3" and params["high_freq_factor"] <= params["low_freq_factor"]:
+        raise _invalid(f"{where}.high_freq_factor", params["high_freq_factor"], "a number > low_freq_factor")
+    if rope_type == "longrope":
+        for key in ("short_factor", "long_factor"):
+            value = params[key]
+            numbers = isinstance(value, (list, tuple)) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in value
+            )
+            if not numbers or len(value) != (rotary_dim + 1) // 2:
+                raise _invalid(
+                    f"{where}.{key}", value, f"a list of {(rotary_dim + 1) // 2} positive numbers (one per rotary frequency)"
+                )
+            params[key] = list(value)  # JSON has no tuples: keep the saved config identical
 
 
 def _linear_mixer_sizes(kind: str, sizes: dict[str, Any]) -> dict[str, Any]:

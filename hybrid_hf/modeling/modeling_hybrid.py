@@ -24,12 +24,13 @@ from transformers.utils import can_return_tuple
 from .attention import HybridAttention
 from .attention_dispatch import LayerPlan, resolve, static_cache_plan
 from .cache import OUTPUT_CACHE_FIELD, output_cache, resolve_cache_argument
+from .checkpoint_loading import from_pretrained_checked
 from .configuration_hybrid import HybridConfig
 from .inputs import validate_inputs
 from .linear_attention import LINEAR_MIXERS, build_linear_mixer
 from .loss import causal_lm_loss, chunked_cross_entropy
 from .norm import HybridRMSNorm
-from .rotary import HybridRotaryEmbedding, rope_inv_freq
+from .rotary import HybridRotaryEmbedding
 from .static_cache import HybridStaticCache
 
 # Packed-document boundaries arrive from transformers' collators under these names; the plan carries them instead.
@@ -113,6 +114,12 @@ class HybridPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
     _keep_in_fp32_modules = ["A_log", "dt_bias"]
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``from_pretrained``; weights that do not fit the config raise ``CheckpointMismatchError``
+        naming the tensors and the config field (``checkpoint_loading.py``)."""
+        return from_pretrained_checked(super().from_pretrained, *args, **kwargs)
+
     @property
     def _is_stateful(self) -> bool:  # recurrent state cannot be rolled back (assisted decoding refuses)
         return "linear_attention" in self.config.layer_types
@@ -137,9 +144,7 @@ class HybridPreTrainedModel(PreTrainedModel):
         elif isinstance(module, HybridRMSNorm):
             module.weight.fill_(1.0)
         elif isinstance(module, HybridRotaryEmbedding):
-            for t in module.layer_types:
-                inv_freq, _ = rope_inv_freq(self.config, self.config.rope_parameters[t])
-                getattr(module, f"{t}_inv_freq").copy_(inv_freq)
+            module.reset_inv_freq()
         elif hasattr(module, "reset_mixer_parameters"):
             module.reset_mixer_parameters()
 
