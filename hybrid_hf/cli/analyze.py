@@ -313,7 +313,7 @@ def _scaling(args: argparse.Namespace) -> int:
     return _emit(args, fit_scaling_law(n, d, loss, holdout_n=args.holdout_n, log_target=args.log_target))
 
 
-def _read_table(path: Path) -> tuple[list[float], list[float], list[float]]:
+def _read_table(path: str) -> tuple[list[float], list[float], list[float]]:
     """Columns N, D, L of a tab-separated file with a header row; every cell must be a positive number."""
     columns: tuple[list[float], list[float], list[float]] = ([], [], [])
     for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()[1:], 2):

@@ -18,7 +18,7 @@ import sys
 from .validation import ArgumentParser, CLIError
 
 # Sub-command modules, in the order `--help` lists them.
-SUBCOMMAND_MODULES = ("init", "train", "eval", "analyze", "card", "push")
+SUBCOMMAND_MODULES = ("init", "train", "eval", "analyze", "card", "push", "export")
 
 # Errors that mean "the input is wrong" rather than "the code is wrong": ValueError is what every hybrid_hf and
 # transformers check raises for bad values (HybridConfig, read_documents, the checkpoint/config mismatch check),
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="hybrid-hf",
         description="Build, train, evaluate, analyse and publish hybrid_hf models.",
+        epilog="Errors in the input are reported as one line, 'hybrid-hf COMMAND: error: ...', with exit status 2; "
+        "set HYBRID_HF_TRACEBACK=1 to see the traceback instead.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:

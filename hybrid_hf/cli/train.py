@@ -78,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--logging-steps", type=check.positive_int, default=10, help="log the loss every N steps (default: 10)")
     g.add_argument("--save-steps", type=check.positive_int, default=200, help="checkpoint every N steps (default: 200)")
     g.add_argument("--save-total-limit", type=check.positive_int, default=3, help="checkpoints kept (default: 3)")
-    g.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT", type=check.existing_folder,
+    # const is not a string, so argparse does not pass it through `type`
+    g.add_argument("--resume", nargs="?", const=True, metavar="CHECKPOINT", type=check.existing_folder,
                    help="resume from CHECKPOINT, or with no value from the last one in --output-dir")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument("--report-to", default="none", help="Trainer report_to, e.g. tensorboard (default: none)")
@@ -139,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
     )
     trainer = Trainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=eval_ds,
                       processing_class=tokenizer)
-    resume = str(args.resume) if args.resume else None
-    if resume == "auto":
+    resume = str(args.resume) if args.resume not in (None, True) else None
+    if args.resume is True:
         resume = get_last_checkpoint(str(out)) if out.is_dir() else None
         if resume is None:
             print(f"no checkpoint in {str(out)!r}; starting from scratch")

@@ -3,6 +3,7 @@
 A ``type=`` function turns the option's text into its value or raises ``argparse.ArgumentTypeError``; argparse then
 prints ``hybrid-hf CMD: error: argument --OPTION: MESSAGE`` (one line, see ``ArgumentParser.error``) and exits 2.
 Checks that need more than one option or loaded data raise ``CLIError``, which ``main`` prints the same way.
+Path checks return the text unchanged (a ``str``, as argparse would without them).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def int_range(low: int | None = None, high: int | None = None, *, special: dict[
     """An integer in ``[low, high]`` (either bound optional), or one of ``special`` (value -> meaning)."""
     special = special or {}
     if allowed is None:
-        span = ("an integer" if low is None and high is None else
+        span = ("an integer" if low is None and high is None else f"an integer <= {high}" if low is None else
                 f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
         span = {"an integer >= 1": "a positive integer", "an integer >= 0": "a non-negative integer"}.get(span, span)
         allowed = " or ".join([*(f"{k} ({v})" for k, v in special.items()), span])
@@ -105,38 +106,38 @@ unit_interval = float_range(0, 1)  # depths, scores
 
 
 # ------------------------------------------------------------------------------------------------ paths
-def existing_file(text: str) -> Path:
+def existing_file(text: str) -> str:
     """A file that exists."""
     path = Path(text)
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is {'a folder' if path.is_dir() else 'not an existing file'}")
-    return path
+    return text
 
 
-def existing_folder(text: str) -> Path:
+def existing_folder(text: str) -> str:
     """A folder that exists."""
     path = Path(text)
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is {'a file' if path.exists() else 'not an existing folder'}")
-    return path
+    return text
 
 
-def model_folder(text: str) -> Path:
+def model_folder(text: str) -> str:
     """A saved model folder (one holding ``config.json``)."""
     path = Path(text)
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is not an existing model folder")
     if not (path / "config.json").is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is not a model folder (no config.json)")
-    return path
+    return text
 
 
-def output_folder(text: str) -> Path:
+def output_folder(text: str) -> str:
     """A folder to write into: absent, or an existing folder (not a file)."""
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is an existing file, not a folder")
-    return path
+    return text
 
 
 def output_file(text: str) -> str:

@@ -112,14 +112,15 @@ def read_documents(path: str | Path, text_field: str = "text") -> list[str]:
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{where} line {lineno} is not valid JSON ({err}).") from None
                 if not isinstance(row, dict):
-                    raise ValueError(f"{where} line {lineno} is a JSON {type(row).__name__}; allowed: an object "
-                                     f"with a string field {text_field!r}.")
+                    raise ValueError(f"{where} line {lineno} is not a JSON object; allowed: an object with a "
+                                     f"string field {text_field!r}.")
                 if text_field not in row:
                     raise ValueError(f"{where} line {lineno} has no field {text_field!r} (fields: "
                                      f"{', '.join(map(str, row)) or 'none'}).")
                 value = row[text_field]
                 if not isinstance(value, str):
-                    shown = "null" if value is None else f"a {type(value).__name__}"
+                    shown = json.dumps(value)
+                    shown = shown if len(shown) <= 40 else shown[:37] + "..."
                     raise ValueError(f"{where} line {lineno}: {text_field!r} is {shown}; allowed: a string.")
                 if value.strip():
                     docs.append(value)

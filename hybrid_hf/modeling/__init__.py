@@ -1,5 +1,6 @@
 """The hybrid_hf model: configuration, modules and recurrent mixers (shippable as Hub remote code)."""
 
+from .checkpoint_loading import CheckpointMismatchError
 from .configuration_hybrid import PRESETS, SIZES, HybridConfig
 from .modeling_hybrid import (
     HybridForCausalLM,
@@ -10,6 +11,7 @@ from .modeling_hybrid import (
 )
 
 __all__ = [
+    "CheckpointMismatchError",
     "PRESETS",
     "SIZES",
     "HybridConfig",

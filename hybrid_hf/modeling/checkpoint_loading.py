@@ -12,6 +12,7 @@ Shipped as Hub remote code: imports only the standard library and transformers.
 
 from __future__ import annotations
 
+import logging as std_logging
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -49,8 +50,10 @@ _DIM_FIELDS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = tuple(
 )
 _LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
 # Names inside the decoder stack (with or without the ``model.`` prefix): a missing or unexpected one means the
-# config builds a different network than the one saved. Task heads (``score``) are left to transformers.
-_BODY_KEY = re.compile(r"(^|\.)(layers\.\d+|embed_tokens|norm)\.|^lm_head\.")
+# config builds a different network than the one saved. A missing ``lm_head`` is a tied/untied mix-up; an unused one
+# is normal (a task model loaded from a causal LM), and task heads (``score``) are left to transformers.
+_BODY_KEY = re.compile(r"(^|\.)(layers\.\d+|embed_tokens|norm)\.")
+_MISSING_KEY = re.compile(_BODY_KEY.pattern + r"|^lm_head\.")
 _MAX_LISTED = 8
 
 
@@ -70,22 +73,59 @@ def from_pretrained_checked(load: Callable[..., Any], *args: Any, **kwargs: Any)
     want_info = bool(kwargs.get("output_loading_info", False))
     # Loading always completes (transformers would raise for shape mismatches only, with a generic message, and
     # only warn for missing weights); the report decides afterwards.
-    model, info = load(*args, **{**kwargs, "ignore_mismatched_sizes": True, "output_loading_info": True})
+    held = _HeldLoadReport()
+    _REPORT_LOGGER.addFilter(held)
+    try:
+        model, info = load(*args, **{**kwargs, "ignore_mismatched_sizes": True, "output_loading_info": True})
+    except BaseException:
+        held.release()
+        raise
     problem = describe_loading_problems(model.config, info)
     if problem:
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         message = f"{type(model).__name__}.from_pretrained({str(source)!r}): {problem}"
         if not ignore:
+            held.discard()  # the error says it all; transformers' table would only add "Reinit" lines
             raise CheckpointMismatchError(message)
+        held.release()
         logger.warning(message)
+    else:
+        held.release()
     return (model, info) if want_info else model
+
+
+# transformers logs its loading table on this logger ("... LOAD REPORT from: ...") in 5.17 through 5.24; should
+# that change, the table is simply printed as usual.
+_REPORT_LOGGER = std_logging.getLogger("transformers.modeling_utils")
+
+
+class _HeldLoadReport(std_logging.Filter):
+    """Holds transformers' loading table back until it is known whether a ``CheckpointMismatchError`` replaces it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[std_logging.LogRecord] = []
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.records.append(record)
+            return False
+        return True
+
+    def discard(self) -> None:
+        _REPORT_LOGGER.removeFilter(self)
+
+    def release(self) -> None:
+        _REPORT_LOGGER.removeFilter(self)
+        for record in self.records:
+            _REPORT_LOGGER.handle(record)
 
 
 def describe_loading_problems(config: Any, info: dict[str, Any]) -> str | None:
     """Explain a transformers loading report (``output_loading_info=True``) in terms of config fields, or ``None``
     when every weight of the decoder was loaded with the shape the config builds."""
     mismatched = sorted((str(k), tuple(ckpt), tuple(model)) for k, ckpt, model in info.get("mismatched_keys") or ())
-    missing = sorted(str(k) for k in info.get("missing_keys") or () if _BODY_KEY.search(str(k)))
+    missing = sorted(str(k) for k in info.get("missing_keys") or () if _MISSING_KEY.search(str(k)))
     unexpected = sorted(str(k) for k in info.get("unexpected_keys") or () if _BODY_KEY.search(str(k)))
     if not (mismatched or missing or unexpected):
         return None

@@ -475,16 +475,19 @@ class HybridConfig(PreTrainedConfig):
             if params["rope_type"] in _ROPE_TYPES_WITH_ORIGINAL_MAX:
                 params.setdefault("original_max_position_embeddings", self.max_position_embeddings)
             _check_rope_type_parameters(where, params, self.head_dim)
-        # RoPE scaling only makes sense where some layer actually uses RoPE: a flat dict scales the RoPE layers of
-        # either type, a per-type entry those of its type.
+        # RoPE scaling only makes sense where some layer actually uses RoPE. A flat dict scales the RoPE layers: a
+        # layer type whose layers are all NoPE keeps only its base (so the stored per-type form validates again).
         rope_types = {lt for lt, pe in zip(self.layer_types, self.position_encodings) if pe == "rope"}
-        for t in (t for t in ATTENTION_LAYER_TYPES if nested or not rope_types):
-            if per_type[t]["rope_type"] != "default" and t not in rope_types and t in self.layer_types:
+        for t in ATTENTION_LAYER_TYPES:
+            if per_type[t]["rope_type"] == "default" or t in rope_types or t not in self.layer_types:
+                continue
+            if nested or not rope_types:
                 raise _invalid(
                     f"rope_parameters.{t}" if nested else "rope_parameters",
                     rope_parameters,
                     f"no RoPE scaling for {t} layers, which are all NoPE (drop the scaling or use rope_type='default')",
                 )
+            per_type[t] = {"rope_type": "default", "rope_theta": per_type[t]["rope_theta"]}
         return per_type
 
     # ---------------------------------------------------------------- helpers
@@ -528,8 +531,9 @@ class HybridConfig(PreTrainedConfig):
         return None
 
     def validate_rope(self) -> None:
-        """transformers' hook (run by ``config.validate()``): raise ``ValueError`` for invalid ``rope_parameters``,
-        e.g. after they were edited in place. Leaves them unchanged."""
+        """Raise ``ValueError`` for invalid ``rope_parameters``, e.g. after they were edited in place; leaves them
+        unchanged. (``config.validate()`` runs transformers' own version: its strict validators are collected on
+        ``PreTrainedConfig``; building the rotary module runs this check too.)"""
         self._resolve_rope_parameters(self.rope_parameters, None, None)
 
     # ------------------------------------------------------------ per-layer views (read by every module)

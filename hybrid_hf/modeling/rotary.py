@@ -59,6 +59,9 @@ class HybridRotaryEmbedding(nn.Module):
 
     def __init__(self, config: HybridConfig) -> None:
         super().__init__()
+        # As transformers' RoPE functions do: per-layer-type form, defaults and validation, also for parameters
+        # assigned after construction (`config.rope_scaling = ...` only standardises from transformers 5.24 on).
+        config.standardize_rope_params()
         self.config = config
         self.layer_types = [
             t

@@ -19,6 +19,7 @@ from hybrid_hf.hub import (
     CITATION,
     HubError,
     check_checkpoint,
+    check_repo_id,
     layer_diagram,
     parameter_counts,
     prepare_checkpoint,
@@ -238,3 +239,15 @@ def test_real_client_offline_raises_hub_error(prepared, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubError, match="offline"):
         publish(prepared, "me/z")
+
+
+@pytest.mark.parametrize("repo_id", ["bad id", "a/b/c", "me/x..y"])
+def test_invalid_repo_id_fails_before_any_work(repo_id, prepared, tmp_path):
+    api = mock.Mock()
+    with pytest.raises(ValueError, match="invalid Hub repository id") as err:
+        publish(tiny_model("F"), repo_id, output_dir=tmp_path / "never", api=api)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="namespace/name"):
+        push_folder(prepared, repo_id, api=api)
+    assert not api.mock_calls and not (tmp_path / "never").exists()
+    assert check_repo_id("me/ok-model") == "me/ok-model"
