@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybrid_hf import HybridConfig, HybridForCausalLM  # noqa: E402
 from hybrid_hf.generation import generate_fast  # noqa: E402
-from hybrid_hf.modeling.attention_kernels import available_kernels, causal_attention  # noqa: E402
+from hybrid_hf.modeling.attention_dispatch import available_kernels  # noqa: E402
+from hybrid_hf.modeling.attention_kernels import causal_attention  # noqa: E402
 
 PEAK_FLOPS = 790e12  # bf16 dense matmul measured on the H200 (KINDS.md); the baseline file uses the same
 TRAIN_CASES: list[str] | None = None

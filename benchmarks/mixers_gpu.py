@@ -26,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hybrid_hf import HybridConfig  # noqa: E402
 from hybrid_hf.modeling import linear_attention as la  # noqa: E402
 from hybrid_hf.modeling import linear_attention_dispatch as kernels  # noqa: E402
+from hybrid_hf.modeling.attention import HybridAttention  # noqa: E402
+from hybrid_hf.modeling.attention_dispatch import LayerPlan  # noqa: E402
 from hybrid_hf.modeling.linear_attention_ops import gated_delta_chunked, l2_normalize, scalar_decay_chunked  # noqa: E402
-from hybrid_hf.modeling.modeling_hybrid import HybridAttention, HybridRotaryEmbedding  # noqa: E402
+from hybrid_hf.modeling.rotary import HybridRotaryEmbedding  # noqa: E402
 
 RESULTS: list[dict] = []
 
@@ -105,9 +107,7 @@ def timing(seq: int) -> None:
             rope = HybridRotaryEmbedding(cfg).cuda()
             pos = torch.arange(seq, device="cuda")[None]
             cos_sin = rope(x, pos)["full_attention"]
-            from hybrid_hf.modeling.modeling_hybrid import KernelPlan
-
-            plan = KernelPlan("sdpa", None)
+            plan = LayerPlan("sdpa")
 
             def forward(layer=layer, cos_sin=cos_sin, plan=plan):
                 return layer(x, cos_sin, plan)[0]

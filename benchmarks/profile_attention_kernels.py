@@ -9,7 +9,7 @@ FlashAttention-4 when installed, SDPA for full causal layers) it records
   i.e. the floor below which the call cannot go however fast its kernels are.
 
 ``wall_ms`` close to ``host_ms`` and well above ``gpu_ms`` means the kernel is launch-bound at that size. These
-numbers back the ``attention_kernel="auto"`` choice in ``hybrid_hf/modeling/attention_kernels.py``.
+numbers back the ``attention_kernel="auto"`` choice in ``hybrid_hf/modeling/attention_dispatch.py``.
 
 Shapes: the ``bench_speed.py`` kernel shapes (1 x 16 heads x d=128, N in {8k, 32k}, W in {128, 512, 2048, full}) and
 the model's training shape (2 x 8192 tokens, 16 query / 8 KV heads, d=64, W in {128, 512, full}).
@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_speed import environment, timeit  # noqa: E402
 
-from hybrid_hf.modeling.attention_kernels import available_kernels, causal_attention  # noqa: E402
+from hybrid_hf.modeling.attention_dispatch import available_kernels  # noqa: E402
+from hybrid_hf.modeling.attention_kernels import causal_attention  # noqa: E402
 
 # (label, batch, q heads, kv heads, head dim, tokens, window)
 CASES = [("kernel", 1, 16, 16, 128, n, w) for n in (8192, 32768) for w in (128, 512, 2048, None)]

@@ -24,31 +24,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import environment, ours_config, shapes, swa_pattern  # noqa: E402
 
 from hybrid_hf import HybridForCausalLM  # noqa: E402
-from hybrid_hf.generation.fast import _compile_options, _decode_layers, _decode_step, _state  # noqa: E402
+from hybrid_hf.generation import fused_decode_weights  # noqa: E402
+from hybrid_hf.modeling.attention_kernels import raise_recompile_limits  # noqa: E402
 from hybrid_hf.modeling.static_cache import HybridStaticCache  # noqa: E402
 
-VARIANTS: dict[str, bool | dict] = {
-    "eager layers": False,
-    "compile (default mode)": {},
-    "compile max-autotune-no-cudagraphs (generate_fast default)": True,
+VARIANTS: dict[str, dict | None] = {  # torch.compile options of the decode layers (None: eager)
+    "eager layers": None,
+    "compile (default mode)": {"dynamic": False},
+    "compile max-autotune-no-cudagraphs (generate_fast default)": {"dynamic": False,
+                                                                   "mode": "max-autotune-no-cudagraphs"},
 }
 
 
 @torch.inference_mode()
-def measure(model: HybridForCausalLM, batch: int, ctx: int, variant: bool | dict, profile: bool) -> dict:
+def measure(model: HybridForCausalLM, batch: int, ctx: int, variant: dict | None, profile: bool) -> dict:
     dev, dtype = "cuda", torch.bfloat16
-    cache = HybridStaticCache(model.config, batch, ctx + 64, dev, dtype)
+    cache = HybridStaticCache(model.config, batch, ctx + 512, dev, dtype)  # room for the timed steps
     ids = torch.randint(0, model.config.vocab_size, (batch, ctx), device=dev)
     for start in range(0, ctx, 8192):
         model(ids[:, start : start + 8192], past_key_values=cache, use_cache=True, logits_to_keep=1)
     t0 = time.perf_counter()
-    layers = _decode_layers(_state(model), model, _compile_options(variant, torch.device(dev)))
+    layers = list(model.model.layers)
+    if variant is not None:
+        raise_recompile_limits()  # one graph per layer
+        layers = [torch.compile(layer, **variant) for layer in layers]
+    fused = fused_decode_weights(model)
     tok = torch.zeros(batch, 1, dtype=torch.long, device=dev)
-    pos = torch.full((1, 1), ctx, dtype=torch.long, device=dev)
-    cache.seen = ctx
 
-    def step() -> torch.Tensor:
-        return _decode_step(model, layers, tok, pos, cache)
+    def step() -> torch.Tensor:  # each step appends one token (the cache advances its own position)
+        return model.decode_step(tok, cache, layers, fused)
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -130,7 +134,7 @@ def main() -> None:
         model = HybridForCausalLM(ours_config(lt, s["window"] if "SWA" in label else None)).cuda().bfloat16().eval()
         for name in args.variants:
             try:
-                row = measure(model, 1, s["ctx"], VARIANTS[name], profile=VARIANTS[name] is True)
+                row = measure(model, 1, s["ctx"], VARIANTS[name], profile=name.endswith("(generate_fast default)"))
             except Exception as ex:  # record and go on with the next variant
                 row = {"error": repr(ex)[:400]}
             row = {"model": label, "batch": 1, "ctx": s["ctx"], "variant": name, **row}

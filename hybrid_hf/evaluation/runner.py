@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..modeling.loss import token_losses
 from .tasks import Sample
 
 
@@ -91,9 +92,7 @@ def heatmap(records: list[dict[str, Any]], path: str | Path, title: str = "NIAH 
 def position_binned_loss(model, input_ids: torch.Tensor, bin_size: int) -> list[float]:
     """Mean next-token loss per position bin (a LongPPL-like view of how loss falls with context)."""
     model.eval()
-    logits = model(input_ids, use_cache=False).logits.float()
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
-    per_pos = loss.mean(0)
+    per_pos = token_losses(model(input_ids, use_cache=False).logits, input_ids)[:, :-1].mean(0)
     return [float(per_pos[s : s + bin_size].mean()) for s in range(0, per_pos.numel(), bin_size)]
 
 

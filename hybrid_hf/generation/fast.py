@@ -18,37 +18,23 @@ from ..modeling.modeling_hybrid import HybridForCausalLM
 from ..modeling.static_cache import HybridStaticCache
 
 
-class _DecodeLayer(nn.Module):
-    """One decoder layer's decode step. Attention layers run with q/k/v and gate/up each fused into one matmul, from
-    decode-only copies of those weights (the layer's own modules are untouched); recurrent layers run as they are."""
-
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-        self.layer_type = layer.layer_type
-        self.fused = layer.layer_type != "linear_attention"
-        if self.fused:
+def fused_decode_weights(model: HybridForCausalLM) -> list[dict[str, torch.Tensor] | None]:
+    """Per layer, decode-only copies of the q/k/v and gate/up projections concatenated into one matrix each (one
+    matmul instead of three and two for a single token per row); None for recurrent layers."""
+    out: list[dict[str, torch.Tensor] | None] = []
+    with torch.no_grad():
+        for layer in model.model.layers:
+            if layer.layer_type == "linear_attention":
+                out.append(None)
+                continue
             attn, mlp = layer.self_attn, layer.mlp
             projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-            with torch.no_grad():
-                self.register_buffer("qkv_weight", torch.cat([m.weight for m in projections]), persistent=False)
-                bias = torch.cat([m.bias for m in projections]) if attn.q_proj.bias is not None else None
-                self.register_buffer("qkv_bias", bias, persistent=False)
-                self.register_buffer("gate_up_weight", torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-                                     persistent=False)
-
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, cache: HybridStaticCache,
-                position_embeddings: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        layer = self.layer
-        if not self.fused:
-            return layer(hidden, attention_mask=None, position_ids=positions, past_key_values=cache, use_cache=True,
-                         position_embeddings=position_embeddings)[0]
-        attn = layer.self_attn
-        q, k, v = attn.project_qkv(layer.input_layernorm(hidden), position_embeddings, self.qkv_weight,
-                                   self.qkv_bias)
-        out = cache.attend(attn.layer_idx, q, k, v, scale=attn.scaling, position_ids=positions)
-        hidden = hidden + attn.o_proj(out.reshape(*hidden.shape[:-1], -1))
-        return hidden + layer.mlp(layer.post_attention_layernorm(hidden), gate_up_weight=self.gate_up_weight)
+            weights = {"qkv_weight": torch.cat([m.weight for m in projections]),
+                       "gate_up_weight": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])}
+            if attn.q_proj.bias is not None:
+                weights["qkv_bias"] = torch.cat([m.bias for m in projections])
+            out.append(weights)
+    return out
 
 
 @dataclass
@@ -57,7 +43,6 @@ class _Session:
 
     cache: HybridStaticCache
     tokens: torch.Tensor
-    positions: torch.Tensor
     graph: torch.cuda.CUDAGraph | None = None
     logits: torch.Tensor | None = None
 
@@ -67,6 +52,7 @@ class _DecodeState:
     """Per-model decode artefacts; dropped whenever a parameter changes (training, loading, moving)."""
 
     signature: tuple
+    fused_weights: list[dict[str, torch.Tensor] | None] | None = None
     layers: dict[str, list[nn.Module]] = field(default_factory=dict)
     sessions: dict[tuple, _Session] = field(default_factory=dict)
 
@@ -93,27 +79,16 @@ def _compile_options(compile: bool | dict[str, Any], device: torch.device) -> di
 
 
 def _decode_layers(state: _DecodeState, model: HybridForCausalLM, options: dict[str, Any] | None) -> list[nn.Module]:
-    """The decode step's layers (fused projections), ``torch.compile``d when asked; made once per model and options."""
+    """The model's own decoder layers, ``torch.compile``d copies of them when asked (made once per model and
+    options; the model's layers themselves stay eager)."""
     key = repr(sorted(options.items())) if options is not None else "eager"
     if key not in state.layers:
-        layers = [_DecodeLayer(layer) for layer in model.model.layers]
+        layers = list(model.model.layers)
         if options is not None:
             raise_recompile_limits()  # one graph per layer (the layer index picks its cache slot)
             layers = [torch.compile(layer, **options) for layer in layers]
         state.layers[key] = layers
     return state.layers[key]
-
-
-def _decode_step(model: HybridForCausalLM, layers: list[nn.Module], tokens: torch.Tensor, positions: torch.Tensor,
-                 cache: HybridStaticCache) -> torch.Tensor:
-    """``model(tokens, position_ids=positions, cache=cache).logits[:, -1]`` for one new token per row,
-    written out so that the layers can be compiled on their own (no Python-side state changes inside them)."""
-    base = model.model
-    hidden = base.embed_tokens(tokens)
-    rope = base.rotary_emb(hidden, positions)
-    for layer in layers:
-        hidden = layer(hidden, positions, cache, rope.get(layer.layer_type))
-    return model.lm_head(base.norm(hidden)[:, -1])
 
 
 def _session(state: _DecodeState, model: HybridForCausalLM, layers: list[nn.Module], batch: int, max_length: int,
@@ -124,8 +99,7 @@ def _session(state: _DecodeState, model: HybridForCausalLM, layers: list[nn.Modu
 
     def new() -> _Session:
         return _Session(HybridStaticCache(cfg, batch, max_length, device, dtype),
-                        torch.zeros(batch, 1, dtype=torch.long, device=device),
-                        torch.zeros(1, 1, dtype=torch.long, device=device))
+                        torch.zeros(batch, 1, dtype=torch.long, device=device))
 
     if "linear_attention" in cfg.layer_types:  # recurrent state is not reset in place
         return new()
@@ -137,6 +111,13 @@ def _session(state: _DecodeState, model: HybridForCausalLM, layers: list[nn.Modu
         session = state.sessions[key] = new()
     session.cache.restart(max_length)
     return session
+
+
+def decode_cache(model: HybridForCausalLM) -> HybridStaticCache | None:
+    """The static cache ``generate_fast`` keeps for ``model`` between calls (attention-only models), or None."""
+    state = _STATE.get(model)
+    session = next(iter(state.sessions.values()), None) if state is not None else None
+    return session.cache if session is not None else None
 
 
 def release_decode_buffers(model: HybridForCausalLM) -> None:
@@ -207,6 +188,8 @@ def generate_fast(
         raise ValueError("generate_fast: cuda_graph=True needs the model and inputs on CUDA.")
     state = _state(model)
     layers = _decode_layers(state, model, _compile_options(compile, device))
+    if state.fused_weights is None:
+        state.fused_weights = fused_decode_weights(model)
     session = _session(state, model, layers, batch, prompt_len + max_new_tokens, device, dtype)
     cache = session.cache
 
@@ -220,7 +203,7 @@ def generate_fast(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
 
     def step() -> torch.Tensor:
-        return _decode_step(model, layers, session.tokens, session.positions, cache)
+        return model.decode_step(session.tokens, cache, layers, state.fused_weights)
 
     for i in range(max_new_tokens):
         nxt = _pick(logits, do_sample, temperature, top_k, generator)
@@ -234,24 +217,23 @@ def generate_fast(
             tokens[:, i + 1 :] = eos_token_id if eos_token_id is not None else 0
             break
         session.tokens.copy_(nxt[:, None])
-        session.positions.fill_(prompt_len + i)
-        cache.seen = prompt_len + i
         if not cuda_graph:
             logits = step()
-            continue
-        if session.graph is None:
+        elif session.graph is None:
             # The first decode step runs for real on a side stream (it also warms up lazy allocations and compiles);
-            # the graph captured next records the same step for all later tokens, and later calls of this shape.
+            # the graph captured next records the same step (capturing runs nothing) and is replayed for all later
+            # tokens, and for later calls of this shape. The cache advances its device-side position in the step.
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                step()
+                logits = step()
             torch.cuda.current_stream().wait_stream(stream)
             session.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(session.graph):
                 session.logits = step()
-        session.graph.replay()
-        logits = session.logits
+        else:
+            session.graph.replay()
+            logits = session.logits
     out = torch.cat([input_ids, tokens], dim=1)
     if return_logits:
         n = len(step_logits)

@@ -29,7 +29,6 @@ CITATION = f"""@misc{{hybrid_attention_2026,
   url           = {{https://arxiv.org/abs/{PAPER_ARXIV}}}
 }}"""
 
-_LETTER = {"full_attention": "F", "sliding_attention": "S", "linear_attention": "L"}
 _TYPE_NAME = {"full_attention": "full attention", "sliding_attention": "sliding-window attention",
               "linear_attention": "linear attention"}
 _DIAGRAM_WIDTH = 16  # layers per diagram row
@@ -113,10 +112,6 @@ def _fmt(n: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------- pattern
-def _window(config: HybridConfig, layer_type: str) -> int | None:
-    return config.sliding_window if layer_type == "sliding_attention" else None
-
-
 def _positions(config: HybridConfig, i: int) -> str:
     t = config.layer_types[i]
     if t == "linear_attention":
@@ -144,7 +139,7 @@ def layer_diagram(config: HybridConfig) -> str:
                   0   1   2   3
                   R   N   R   N
     """
-    letters = [_LETTER[t] for t in config.layer_types]
+    letters = [config.layer_letter(i) for i in range(config.num_hidden_layers)]
     pos = ["-" if t == "linear_attention" else ("N" if pe == "nope" else "R")
            for t, pe in zip(config.layer_types, config.position_encodings)]
     rows = []
@@ -314,9 +309,9 @@ def render_model_card(
     layer_rows = []
     for row in counts["layers"]:
         i, t = row["layer"], row["type"]
-        window = _window(config, t)
+        window = config.layer_window(i)
         layer_rows.append(
-            f"| {i} | `{_LETTER[t]}` {_TYPE_NAME[t]} | {_mixer_name(config, t)} | "
+            f"| {i} | `{config.layer_letter(i)}` {_TYPE_NAME[t]} | {_mixer_name(config, t)} | "
             f"{window if window is not None else 'all'} | {_positions(config, i)} | {row['total']:,} |"
         )
     param_rows = [

@@ -339,14 +339,15 @@ class HybridConfig(PreTrainedConfig):
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def from_preset(cls, name: str, size: str = "s1", **overrides: Any) -> HybridConfig:
+    def from_preset(cls, name: str, size: str | dict[str, int] = "s1", **overrides: Any) -> HybridConfig:
         """Build one of the paper's architectures (``full``, ``swa128``, ``swa512``, ``swa2048``, ``swa128-nope``,
-        ``gdn``, ``mamba2``, ``lightning``) at a paper size ``s1``..``s5`` (or ``tiny`` for tests)."""
+        ``gdn``, ``mamba2``, ``lightning``) at a paper size ``s1``..``s5`` (or ``tiny`` for tests), or at a size given
+        as a dict of ``SIZES``' fields (recurrent mixers are parameter-matched to it)."""
         if name not in PRESETS:
             raise _invalid("name", name, ", ".join(PRESETS))
-        if size not in SIZES:
-            raise _invalid("size", size, ", ".join(SIZES))
-        kwargs: dict[str, Any] = {**SIZES[size], **copy.deepcopy(PRESETS[name])}
+        if not isinstance(size, dict) and size not in SIZES:
+            raise _invalid("size", size, ", ".join(SIZES) + ", or a dict of size fields")
+        kwargs: dict[str, Any] = {**(size if isinstance(size, dict) else SIZES[size]), **copy.deepcopy(PRESETS[name])}
         if "linear_attention_type" in kwargs:
             kwargs.update(_linear_mixer_sizes(kwargs["linear_attention_type"], kwargs))
         kwargs.update(overrides)
@@ -550,6 +551,24 @@ class HybridConfig(PreTrainedConfig):
         unchanged. (``config.validate()`` runs transformers' own version: its strict validators are collected on
         ``PreTrainedConfig``; building the rotary module runs this check too.)"""
         self._resolve_rope_parameters(self.rope_parameters, None, None)
+
+    # ------------------------------------------------------------ per-layer views (read by every module)
+    def layer_window(self, layer_idx: int) -> int | None:
+        """Keys (incl. the current token) layer ``layer_idx`` attends to: ``sliding_window`` for sliding layers,
+        None (unbounded) for full-attention and recurrent layers."""
+        return self.sliding_window if self.layer_types[layer_idx] == "sliding_attention" else None
+
+    def layer_rope(self, layer_idx: int) -> dict[str, Any] | None:
+        """RoPE parameters of layer ``layer_idx`` (those of its attention layer type), or None for NoPE and
+        recurrent layers."""
+        layer_type = self.layer_types[layer_idx]
+        if layer_type not in ATTENTION_LAYER_TYPES or self.position_encodings[layer_idx] != "rope":
+            return None
+        return self.rope_parameters[layer_type]
+
+    def layer_letter(self, layer_idx: int) -> str:
+        """``F``, ``S`` or ``L``: layer ``layer_idx`` in ``layer_pattern`` notation."""
+        return {t: c for c, t in PATTERN_LETTERS.items()}[self.layer_types[layer_idx]]
 
 
 def _check_number(field: str, value: Any, bound: str) -> None:

@@ -9,14 +9,13 @@
 
 Maths: ``linear_attention_ops`` (PyTorch reference, chunked + recurrent); ``linear_attention_dispatch`` picks it or, on CUDA,
 flash-linear-attention (fla) kernels when installed (imported lazily, never needed for loading). Decode state lives
-in transformers' ``LinearAttentionLayer`` (conv + recurrent state, O(1) per layer). Packed documents (``cu_seq_lens_q``) reset the
+in transformers' ``LinearAttentionLayer`` (conv + recurrent state, O(1) per layer). Packed documents (``cu_seqlens``) reset the
 state and the conv at every document start; left padding is neutralised (no decay, no update on pad tokens).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,12 +87,6 @@ class _RecurrentMixer(nn.Module):
             return None
         return layer.recurrent_states[0]
 
-    @staticmethod
-    def _packing(kwargs: dict[str, Any], cache):
-        """``(cu_seqlens, cache)``: packed documents start from zero state, so they neither read nor write the cache
-        (the model only reports packing when the cache holds no earlier tokens)."""
-        cu = kwargs.get("cu_seq_lens_q")
-        return cu, (None if cu is not None else cache)
 
     @staticmethod
     def _flatten(t: torch.Tensor | None, cu) -> torch.Tensor | None:
@@ -114,12 +107,13 @@ class _RecurrentMixer(nn.Module):
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
 
-    def _inputs(self, hidden_states, attention_mask, past_key_values, kwargs):
-        """``(x, valid, cu_seqlens, cache)``: inputs with pad tokens zeroed, the (B, T) real-token mask or None,
-        packed-document boundaries, and the cache to use (None for packed input)."""
-        cu, cache = self._packing(kwargs, past_key_values)
+    def _inputs(self, hidden_states, attention_mask, past_key_values, cu_seqlens):
+        """``(x, valid, cache)``: inputs with pad tokens zeroed, the (B, T) real-token mask or None, and the cache to
+        use: packed documents (``cu_seqlens``) start from zero state, so they neither read nor write the cache (the
+        model only reports packing when the cache holds no earlier tokens)."""
+        cache = None if cu_seqlens is not None else past_key_values
         valid = self._valid(attention_mask, hidden_states)
-        return (hidden_states if valid is None else hidden_states * valid[..., None]), valid, cu, cache
+        return (hidden_states if valid is None else hidden_states * valid[..., None]), valid, cache
 
     def _valid(self, attention_mask: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor | None:
         """(B, T) float mask of real tokens for this call, or None when there is no padding."""
@@ -156,15 +150,14 @@ class GatedDeltaNetMixer(_RecurrentMixer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
-        **kwargs: Any,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, t, _ = hidden_states.shape
         h, dk, dv = self.num_heads, self.head_dim, self.value_dim
-        x, valid, cu, cache = self._inputs(hidden_states, attention_mask, past_key_values, kwargs)
+        x, valid, cache = self._inputs(hidden_states, attention_mask, past_key_values, cu_seqlens)
         qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
-        qkv = self._conv(qkv, self.conv_weight, cache, cu)
+        qkv = self._conv(qkv, self.conv_weight, cache, cu_seqlens)
         q, k, v = torch.split(qkv, [h * dk, h * dk, h * dv], dim=-1)
         q = l2_normalize(q.reshape(b, t, h, dk)) * dk**-0.5
         k = l2_normalize(k.reshape(b, t, h, dk))
@@ -173,8 +166,8 @@ class GatedDeltaNetMixer(_RecurrentMixer):
         beta = torch.sigmoid(self.b_proj(x).float())
         if valid is not None:  # pad tokens: no decay, no update
             g, beta = g * valid[..., None], beta * valid[..., None]
-        args = [self._flatten(z, cu) for z in (q, k, v, g, beta)]
-        o, state = gated_delta_attention(*args, initial_state=self._initial_state(cache), cu_seqlens=cu,
+        args = [self._flatten(z, cu_seqlens) for z in (q, k, v, g, beta)]
+        o, state = gated_delta_attention(*args, initial_state=self._initial_state(cache), cu_seqlens=cu_seqlens,
                                          chunk_size=self.chunk_size)
         if cache is not None:
             cache.update_recurrent_state(state, self.layer_idx)
@@ -209,16 +202,15 @@ class Mamba2Mixer(_RecurrentMixer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
-        **kwargs: Any,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, t, _ = hidden_states.shape
         h, p, n = self.num_heads, self.head_dim, self.state_size
         inner = h * p
-        x_in, valid, cu, cache = self._inputs(hidden_states, attention_mask, past_key_values, kwargs)
+        x_in, valid, cache = self._inputs(hidden_states, attention_mask, past_key_values, cu_seqlens)
         z, xbc, dt = torch.split(self.in_proj(x_in), [inner, inner + 2 * n, h], dim=-1)
-        xbc = self._conv(xbc, self.conv_weight, cache, cu)
+        xbc = self._conv(xbc, self.conv_weight, cache, cu_seqlens)
         x, bmat, cmat = torch.split(xbc, [inner, n, n], dim=-1)
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, H)
         if valid is not None:
@@ -228,8 +220,8 @@ class Mamba2Mixer(_RecurrentMixer):
         q = cmat[:, :, None, :].expand(b, t, h, n)
         k = bmat[:, :, None, :].expand(b, t, h, n)
         v = x * dt[..., None].to(x.dtype)
-        args = [self._flatten(z_, cu) for z_ in (q, k, v, g)]
-        y, state = scalar_decay_attention(*args, initial_state=self._initial_state(cache), cu_seqlens=cu,
+        args = [self._flatten(z_, cu_seqlens) for z_ in (q, k, v, g)]
+        y, state = scalar_decay_attention(*args, initial_state=self._initial_state(cache), cu_seqlens=cu_seqlens,
                                           chunk_size=self.chunk_size)
         if cache is not None:
             cache.update_recurrent_state(state, self.layer_idx)
@@ -267,13 +259,12 @@ class LightningMixer(_RecurrentMixer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
-        **kwargs: Any,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, t, _ = hidden_states.shape
         h, dh = self.num_heads, self.head_dim
-        x, valid, cu, cache = self._inputs(hidden_states, attention_mask, past_key_values, kwargs)
+        x, valid, cache = self._inputs(hidden_states, attention_mask, past_key_values, cu_seqlens)
         q = F.silu(self.q_proj(x)).reshape(b, t, h, dh)
         k = F.silu(self.k_proj(x)).reshape(b, t, h, dh)
         v = F.silu(self.v_proj(x)).reshape(b, t, h, dh)
@@ -281,8 +272,8 @@ class LightningMixer(_RecurrentMixer):
         if valid is not None:
             g = g * valid[..., None]
             k = k * valid[..., None, None]
-        args = [self._flatten(z, cu) for z in (q, k, v, g)]
-        o, state = scalar_decay_attention(*args, initial_state=self._initial_state(cache), cu_seqlens=cu,
+        args = [self._flatten(z, cu_seqlens) for z in (q, k, v, g)]
+        o, state = scalar_decay_attention(*args, initial_state=self._initial_state(cache), cu_seqlens=cu_seqlens,
                                           chunk_size=self.chunk_size)
         if cache is not None:
             cache.update_recurrent_state(state, self.layer_idx)

@@ -55,7 +55,8 @@ def triton_has_hopper_bwd_bug(version: str) -> bool:
     return (3, 4, 0) <= parsed < (3, 7, 1)
 
 
-def _use_fla(x: torch.Tensor, kind: str) -> bool:
+def use_fla(x: torch.Tensor, kind: str) -> bool:
+    """Whether the fla kernel serves this call (CUDA, fla installed, and a trustworthy backward when one is needed)."""
     if not (x.is_cuda and fla_available()):
         return False
     if torch.is_grad_enabled() and x.requires_grad and not fla_backward_is_safe():
@@ -71,7 +72,7 @@ def _use_fla(x: torch.Tensor, kind: str) -> bool:
 
 def scalar_decay_attention(q, k, v, g, initial_state=None, cu_seqlens=None, chunk_size: int = 64):
     """Scalar-decay linear attention: fla ``chunk_simple_gla`` on CUDA, else the PyTorch reference."""
-    if _use_fla(q, "scalar"):
+    if use_fla(q, "scalar"):
         chunk_simple_gla = importlib.import_module("fla.ops.simple_gla").chunk_simple_gla
         return chunk_simple_gla(q, k, v, g=g, scale=1.0, initial_state=initial_state, output_final_state=True,
                                 cu_seqlens=cu_seqlens)
@@ -84,7 +85,7 @@ def scalar_decay_attention(q, k, v, g, initial_state=None, cu_seqlens=None, chun
 
 def gated_delta_attention(q, k, v, g, beta, initial_state=None, cu_seqlens=None, chunk_size: int = 64):
     """Gated delta rule: fla ``chunk_gated_delta_rule`` on CUDA (when its backward is safe), else the reference."""
-    if _use_fla(q, "gated_delta"):
+    if use_fla(q, "gated_delta"):
         chunk_gated_delta_rule = importlib.import_module("fla.ops.gated_delta_rule").chunk_gated_delta_rule
         return chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=1.0, initial_state=initial_state,
                                       output_final_state=True, cu_seqlens=cu_seqlens)

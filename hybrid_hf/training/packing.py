@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import Dataset
 from transformers import DataCollatorWithFlattening, PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100
+from ..modeling.loss import IGNORE_INDEX, shift_labels, token_losses
+from ..modeling.masking import document_ids_from_position_ids
 
 
 def tokenize_documents(
@@ -107,24 +108,15 @@ def flatten_batch(token_lists: Sequence[Sequence[int]]) -> dict[str, torch.Tenso
 
 
 def sequence_ids_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
-    """Index of the document each token belongs to, per row (a new document starts wherever positions don't step by
-    one), mirroring ``transformers.masking_utils.find_packed_sequence_indices``."""
-    first = position_ids[:, :1] - 1
-    return (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+    """Index of the document each token belongs to, per row, by the model's one packed-document rule (a document
+    starts at the row start and wherever the position id is 0; ``hybrid_hf.modeling.masking``)."""
+    return document_ids_from_position_ids(position_ids)
 
 
 @torch.no_grad()
 def per_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each position predicting the next label (shape of ``labels``; 0 where ignored)."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view_as(shift_labels)
-    return torch.nn.functional.pad(loss, (0, 1))
+    return token_losses(logits, labels, IGNORE_INDEX)
 
 
 @torch.no_grad()
@@ -134,7 +126,7 @@ def per_document_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) ->
     logits = model(**inputs).logits
     labels = batch["labels"]
     losses = per_token_loss(logits, labels)
-    counted = torch.nn.functional.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1))
+    counted = shift_labels(labels, IGNORE_INDEX) != IGNORE_INDEX
     seq = sequence_ids_from_positions(batch["position_ids"])
     out = []
     for r in range(labels.shape[0]):

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, default_data_collator
 
-from .packing import IGNORE_INDEX, TokenBlockDataset, pack_documents, tokenize_documents
+from ..modeling.loss import IGNORE_INDEX, shift_labels, token_losses
+from .packing import TokenBlockDataset, pack_documents, tokenize_documents
 
 
 def causal_lm_dataset(
@@ -111,13 +112,9 @@ def evaluate_causal_lm(model: torch.nn.Module, dataset: Dataset, batch_size: int
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
-        logits = model(**batch, use_cache=False).logits.float()
-        shift = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), shift.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        total += float(loss)
-        tokens += int((shift != IGNORE_INDEX).sum())
+        logits = model(**batch, use_cache=False).logits
+        total += float(token_losses(logits, labels, IGNORE_INDEX).sum())
+        tokens += int((shift_labels(labels, IGNORE_INDEX) != IGNORE_INDEX).sum())
     model.train(was_training)
     if tokens == 0:
         raise ValueError("evaluate_causal_lm: the dataset has no scored tokens.")

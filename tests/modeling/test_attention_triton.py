@@ -80,7 +80,7 @@ def _run(fn, q, k, v, grad):
 @pytest.mark.skipif(not RUNS_HERE, reason="needs CUDA + triton, or triton's interpreter (see the subprocess test)")
 @pytest.mark.parametrize("case", GPU_CASES if ON_GPU else CPU_CASES, ids=str)
 def test_window_kernel_matches_reference(case):
-    from hybrid_hf.modeling.triton_attention import window_attention
+    from hybrid_hf.modeling.attention_triton import window_attention
 
     device, dtype = ("cuda", torch.bfloat16) if ON_GPU else ("cpu", torch.float32)
     (q, k, v), doc, grad, window, scale = _inputs(case, device, dtype)
@@ -101,7 +101,7 @@ def test_window_kernel_matches_reference(case):
 @pytest.mark.skipif(not ON_GPU, reason="needs CUDA + triton")
 def test_window_kernel_under_torch_compile():
     """Compiled callers get the kernel as an opaque custom op: same values and gradients as eager."""
-    from hybrid_hf.modeling.triton_attention import window_attention
+    from hybrid_hf.modeling.attention_triton import window_attention
 
     (q, k, v), doc, grad, window, scale = _inputs(GPU_CASES[0], "cuda", torch.bfloat16)
     fn = torch.compile(lambda a, b, c: window_attention(a, b, c, window=window, scale=scale), fullgraph=True)

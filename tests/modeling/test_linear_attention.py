@@ -257,6 +257,6 @@ def test_kernel_dispatch_guard_and_cpu_path():
     assert kernels.triton_has_hopper_bwd_bug("3.6.0") and kernels.triton_has_hopper_bwd_bug("3.4.0+git1234")
     assert not kernels.triton_has_hopper_bwd_bug("3.7.1") and not kernels.triton_has_hopper_bwd_bug("3.3.1")
     q = torch.randn(1, 8, 2, 4, requires_grad=True)
-    assert not kernels._use_fla(q, "gated_delta")
+    assert not kernels.use_fla(q, "gated_delta")
     out, state = kernels.scalar_decay_attention(q, q, q, -torch.rand(1, 8, 2))
     assert out.shape == (1, 8, 2, 4) and state.shape == (1, 2, 4, 4)

@@ -10,7 +10,8 @@ import torch
 from conftest import tiny_config, tiny_model
 
 from hybrid_hf import HybridForCausalLM
-from hybrid_hf.modeling.attention_kernels import available_kernels, cu_seqlens_from_position_ids, resolve_kernel
+from hybrid_hf.modeling.attention_dispatch import available_kernels, resolve_kernel
+from hybrid_hf.modeling.masking import cu_seqlens_from_position_ids
 
 
 def _pair(pattern: str, kernel: str, **overrides):
@@ -56,13 +57,6 @@ def test_kernel_path_gradients_match():
         assert torch.allclose(a.grad, b.grad, atol=1e-5), name
 
 
-def test_kernel_prefill_then_cached_decode_matches():
-    ref, fast = _pair("SF", "flex")
-    prompt = torch.randint(3, 128, (1, 9))
-    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
-    assert torch.equal(ref.generate(prompt, **kw), fast.generate(prompt, **kw))
-
-
 def test_cu_seqlens_from_position_ids():
     pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
     assert cu_seqlens_from_position_ids(pos).tolist() == [0, 3, 5, 9]
@@ -91,10 +85,10 @@ def test_resolve_kernel_auto_and_errors():
 def test_auto_kernel_on_cuda_follows_the_measured_order(monkeypatch, triton, flash, sliding, full):
     """auto on CUDA: sliding layers on our Triton kernel, else flash-attn, else FlexAttention; full layers on SDPA
     even when flash-attn is installed (benchmarks/results/attention-kernels-profile-h200-run13.md)."""
-    from hybrid_hf.modeling import attention_kernels
+    from hybrid_hf.modeling import attention_dispatch
 
-    monkeypatch.setattr(attention_kernels, "triton_available", lambda: triton)
-    monkeypatch.setattr(attention_kernels, "flash_attn_available", lambda: flash)
+    monkeypatch.setattr(attention_dispatch, "triton_available", lambda: triton)
+    monkeypatch.setattr(attention_dispatch, "flash_attn_available", lambda: flash)
     cuda = torch.device("cuda")  # a device object only: nothing is allocated
     assert resolve_kernel("auto", cuda, "sliding_attention") == sliding
     assert resolve_kernel("auto", cuda, "full_attention") == full
@@ -129,106 +123,6 @@ def test_fused_cross_entropy_matches_standard_loss_and_grads():
     a = model(ids, labels=labels, num_items_in_batch=n).loss
     b = ref(ids, labels=labels, num_items_in_batch=n).loss
     assert torch.allclose(a, b, atol=1e-6)
-
-
-@pytest.mark.parametrize("pattern", ["F", "SF", "SSSF"])
-@pytest.mark.parametrize("chunk", [5, 64])
-def test_generate_fast_static_cache_matches_full_forward(pattern, chunk):
-    from hybrid_hf.generation import generate_fast
-
-    model = tiny_model(pattern, position_encodings={"full_attention": "nope", "sliding_attention": "rope"})
-    prompt = torch.randint(3, 128, (2, 13))
-    seq, logits = generate_fast(model, prompt, 12, prefill_chunk_size=chunk, return_logits=True)
-    with torch.no_grad():
-        full = model(seq, use_cache=False).logits
-    assert (logits - full[:, 12:-1]).abs().max().item() <= 1e-4
-    assert torch.equal(seq[:, 13:], full[:, 12:-1].argmax(-1))
-    # and the same tokens as transformers' generate with the dynamic cache
-    ref = model.generate(prompt, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
-    assert torch.equal(seq, ref)
-
-
-def test_generate_fast_compiled_decode_layers_match_eager():
-    from hybrid_hf.generation import generate_fast
-
-    model = tiny_model("SF")
-    prompt = torch.randint(3, 128, (2, 13))
-    seq, logits = generate_fast(model, prompt, 6, return_logits=True)
-    seq_c, logits_c = generate_fast(model, prompt, 6, return_logits=True, compile=True)
-    assert torch.equal(seq, seq_c)
-    assert (logits - logits_c).abs().max().item() <= 1e-5
-    assert all(not hasattr(layer, "_orig_mod") for layer in model.model.layers)  # the model itself stays eager
-
-
-def test_generate_fast_reuses_buffers_across_calls_and_tracks_weight_changes():
-    from hybrid_hf.generation import generate_fast, release_decode_buffers
-    from hybrid_hf.generation.fast import _STATE
-
-    model = tiny_model("SF", sliding_window=4)
-    first = generate_fast(model, torch.randint(3, 128, (2, 13)), 6)
-    cache = next(iter(_STATE[model].sessions.values())).cache
-    prompt = torch.randint(3, 128, (2, 9))  # shorter: stale keys of the first call sit beyond it in the buffers
-    seq, logits = generate_fast(model, prompt, 6, return_logits=True)
-    assert next(iter(_STATE[model].sessions.values())).cache is cache  # same buffers, restarted
-    with torch.no_grad():
-        full = model(seq, use_cache=False).logits
-    assert (logits - full[:, 8:-1]).abs().max().item() <= 1e-4
-    assert not torch.equal(first[:, :9], seq[:, :9])
-    # a weight update (e.g. a training step) rebuilds the fused decode weights
-    with torch.no_grad():
-        model.model.layers[1].self_attn.k_proj.weight.mul_(3.0)
-        model.model.layers[0].mlp.up_proj.weight.mul_(-1.0)
-    seq, logits = generate_fast(model, prompt, 6, return_logits=True)
-    with torch.no_grad():
-        full = model(seq, use_cache=False).logits
-    assert (logits - full[:, 8:-1]).abs().max().item() <= 1e-4
-    release_decode_buffers(model)
-    assert model not in _STATE
-
-
-def test_static_cache_refuses_prompts_beyond_max_length():
-    from hybrid_hf.modeling.static_cache import HybridStaticCache
-
-    model = tiny_model("SF")
-    cache = HybridStaticCache(model.config, batch_size=1, max_length=10, device="cpu", dtype=torch.float32)
-    with torch.no_grad(), pytest.raises(ValueError, match="12 tokens exceed max_length=10"):
-        model(torch.randint(3, 128, (1, 12)), past_key_values=cache, use_cache=True)
-
-
-def test_static_cache_sliding_layers_hold_exactly_the_window():
-    from hybrid_hf.modeling.static_cache import HybridStaticCache
-
-    cfg = tiny_config("SF", sliding_window=4)
-    cache = HybridStaticCache(cfg, batch_size=1, max_length=1000, device="cpu", dtype=torch.float32)
-    sizes = cache.kv_bytes()
-    per_token = 2 * cfg.num_key_value_heads * cfg.head_dim * 4  # k+v, fp32
-    assert sizes["sliding_attention"] == 2 * 4 * per_token  # two sliding layers, W tokens each
-    assert sizes["full_attention"] == 2 * 1024 * per_token  # max_length rounded up to whole decode splits
-
-
-@pytest.mark.parametrize("split", [1024, 64])
-def test_decode_attention_matches_sdpa_with_gqa_and_split_k(split):
-    from hybrid_hf.modeling.attention_kernels import decode_attention
-
-    torch.manual_seed(0)
-    q = torch.randn(3, 8, 1, 16)
-    keys, values = torch.randn(3, 2, 512, 16), torch.randn(3, 2, 512, 16)
-    valid = torch.arange(512) <= 300
-    ref = torch.nn.functional.scaled_dot_product_attention(
-        q, keys[:, :, :301].repeat_interleave(4, 1), values[:, :, :301].repeat_interleave(4, 1), scale=0.3
-    )
-    out = decode_attention(q, keys, values, valid, 0.3, split_size=split)
-    assert (out - ref).abs().max().item() <= 1e-5
-
-
-def test_generate_fast_rejects_bad_input():
-    from hybrid_hf.generation import generate_fast
-
-    model = tiny_model("SF")
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        generate_fast(model, torch.ones(1, 3, dtype=torch.long), 0)
-    with pytest.raises(ValueError, match="cuda_graph"):
-        generate_fast(model, torch.ones(1, 3, dtype=torch.long), 2, cuda_graph=True)
 
 
 def _fake_flash_attn_module() -> types.ModuleType:
@@ -321,7 +215,7 @@ def test_flash_attn_dispatch_follows_the_documented_interface(monkeypatch, windo
 
 def _reference_attention(q, k, v, window, scale, cu_seqlens):
     """fp32 masked attention of (B, H, T, D) inputs; packed boundaries over the flattened rows. (B, Tq, Hq, D)."""
-    from hybrid_hf.modeling.attention_kernels import document_ids_from_cu_seqlens
+    from hybrid_hf.modeling.masking import document_ids_from_cu_seqlens
 
     q, k, v = q.float(), k.float(), v.float()
     b, _, t_q, _ = q.shape
@@ -342,7 +236,8 @@ def _reference_attention(q, k, v, window, scale, cu_seqlens):
 @pytest.mark.parametrize("kernel", ["sdpa", "flex", "triton", "flash_attn"])
 def test_attention_kernels_match_reference_on_gpu(kernel, case):
     """Each dispatchable kernel, on the GPU in bf16, against an fp32 reference: outputs and gradients."""
-    from hybrid_hf.modeling.attention_kernels import causal_attention, flash_attn_available
+    from hybrid_hf.modeling.attention_dispatch import flash_attn_available
+    from hybrid_hf.modeling.attention_kernels import causal_attention
 
     if kernel == "flash_attn" and not flash_attn_available():
         pytest.skip("flash-attn (2.x or FlashAttention-4) is not installed")
@@ -362,3 +257,10 @@ def test_attention_kernels_match_reference_on_gpu(kernel, case):
     for name, a, r in zip(("out", "dq", "dk", "dv"), ours, ref):
         err = (a.float() - r.float()).abs().max()
         assert err <= 2e-2 * r.abs().max(), (kernel, case, name, float(err), float(r.abs().max()))
+
+
+def test_kernel_prefill_then_cached_decode_matches():
+    ref, fast = _pair("SF", "flex")
+    prompt = torch.randint(3, 128, (1, 9))
+    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(ref.generate(prompt, **kw), fast.generate(prompt, **kw))

@@ -1,11 +1,11 @@
 """Bit-identity guard for refactors: fixed-seed tiny models of every preset (and a 3:1 pattern, QK-norm, GQA) give
-exactly the logits recorded in ``tests/data/reference_logits.pt``.
+exactly the logits recorded in ``tests/modeling/data/reference_logits.pt``.
 
 Covered per model: a plain batch (mask path on CPU), the fused-kernel path (``attention_kernel`` sdpa/flex), packed
 rows whose positions restart at 0, a left-padded batch, ``generate_fast`` (static cache) and ``model.generate``
 (dynamic cache) step logits; plus attention weights and a receptive-field cap with sinks.
 
-Regenerate only when a change of outputs is intended: ``PYTHONPATH=$PWD python tests/test_reference_logits.py``.
+Regenerate only when a change of outputs is intended: ``PYTHONPATH=$PWD python tests/modeling/test_reference_logits.py``.
 Bits depend on the CPU kernels torch picks: on the recording machine's CPU capability and torch version the test
 demands ``torch.equal``; elsewhere it checks to 1e-5 (the summation order of a matmul may differ).
 """

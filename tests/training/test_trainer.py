@@ -149,7 +149,7 @@ def test_sequence_classification_trainer(tmp_path):
 def test_multi_process_benchmark_matches_one_process(tmp_path):
     """benchmarks/fsdp/train_fsdp.py: 2 processes (DDP over gloo, via accelerate) and 1 process optimise the same
     global-batch loss, so in fp32 their loss curves agree (the GPU run of the same script compares FSDP2 and DDP)."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fsdp" / "train_fsdp.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "fsdp" / "train_fsdp.py"
     args = [str(script), "--size", "tiny", "--seq-len", "32", "--global-batch", "4", "--steps", "4", "--warmup", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.json")], env=env,

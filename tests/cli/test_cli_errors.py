@@ -201,7 +201,7 @@ def test_python_spellings_are_accepted_like_json(files, capsys):
 
 
 def test_runtime_error_in_a_fresh_process_has_no_traceback(files):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([sys.executable, "-m", "hybrid_hf.cli.main", "train", files["model"], "--data",
                            files["null.jsonl"], "--output-dir", files["root"] + "/run"],
                           capture_output=True, text=True, timeout=300, env=env)

@@ -404,7 +404,7 @@ def test_flat_scaling_with_nope_full_layers_scales_the_rope_layers():
 
 
 def test_save_pretrained_ships_rotary(tmp_path):
-    """rotary.py travels with the remote code (tests/test_save_load.py loads such a folder without hybrid_hf)."""
+    """rotary.py travels with the remote code (tests/modeling/test_save_load.py loads such a folder without hybrid_hf)."""
     model = HybridForCausalLM(_hybrid_config(CASES["dynamic"], pattern="SF", sliding_rope_theta=30.0)).eval()
     model.save_pretrained(tmp_path)
     assert {"rotary.py", "modeling_hybrid.py", "configuration_hybrid.py"} <= set(os.listdir(tmp_path))
