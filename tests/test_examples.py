@@ -55,3 +55,15 @@ def test_push_to_hub_offline(pretrained, tmp_path):
     card = (ready / "README.md").read_text()
     assert "| held-out loss |" in card and "[S]─[F]─[S]─[F]" in card
     assert {"model.safetensors", "tokenizer.json", "modeling_hybrid.py"} <= set(os.listdir(ready))
+
+
+def test_convert_and_distill(tmp_path):
+    proc = _run("convert_and_distill.py", "--output-dir", str(tmp_path), "--teacher-steps", "10",
+                "--distill-steps", "6", "--eval-every", "3", "--eval-samples", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "convert_results.json").read_text())
+    assert result["import_max_logit_gap"] <= 1e-5
+    assert result["layer_types"] == ["sliding_attention", "full_attention"] * 2
+    assert [p["step"] for p in result["curve"]] == [0, 3, 6]
+    assert all(p["kl"] >= 0 and 0 <= p["niah"] <= 1 for p in result["curve"])
+    assert (tmp_path / "teacher" / "config.json").exists() and (tmp_path / "student" / "model.safetensors").exists()

@@ -27,7 +27,7 @@ Every sub-command prints JSON and, with --output, writes it to a file.
 
 def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
     if model:
-        p.add_argument("model", metavar="MODEL_DIR", type=check.model_folder,
+        p.add_argument("model", metavar="MODEL_DIR", type=check.model_source,
                        help="model folder (weights, config, tokenizer)")
         p.add_argument("--tokenizer", type=check.existing_folder, help="tokenizer folder (default: MODEL_DIR)")
         p.add_argument("--device", type=check.torch_device, help="torch device (default: cuda if available, else cpu)")
@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(func=func)
 
     p = sub.add_parser("trace", help="retrieval heads across checkpoints: emergence curves and first step > threshold")
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT_DIR", type=check.model_folder,
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT_DIR", type=check.model_source,
                    help="checkpoint folders in training order")
     p.add_argument("--tokenizer", type=check.existing_folder, help="tokenizer folder (default: the last checkpoint)")
     p.add_argument("--device", type=check.torch_device, help="torch device (default: cuda if available, else cpu)")
@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("weight-distance", help="per-head Q/K weight distance to a reference checkpoint (GQA-aware)")
     _common(p)
-    p.add_argument("--reference", required=True, metavar="REF_DIR", type=check.model_folder, help="reference checkpoint (e.g. the final one)")
+    p.add_argument("--reference", required=True, metavar="REF_DIR", type=check.model_source, help="reference checkpoint (e.g. the final one)")
     p.set_defaults(func=_distance)
 
     p = sub.add_parser("probe", help="layer-wise linear probe of the needle value from the last-token residual")

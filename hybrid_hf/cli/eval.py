@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL_DIR", type=check.model_folder, help="model folder with config, weights and tokenizer")
+    p.add_argument("model", metavar="MODEL_DIR", type=check.model_source, help="model folder with config, weights and tokenizer")
     p.add_argument("--data", required=True, metavar="FILE", type=check.existing_file, help="text (.txt) or jsonl (.jsonl) file")
     p.add_argument("--text-field", default="text", help="field of jsonl rows holding the text (default: text)")
     p.add_argument("--block-size", type=check.block_size, default=512, help="tokens per packed row (default: 512)")

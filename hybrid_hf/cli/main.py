@@ -18,7 +18,7 @@ import sys
 from .validation import ArgumentParser, CLIError
 
 # Sub-command modules, in the order `--help` lists them.
-SUBCOMMAND_MODULES = ("init", "train", "eval", "analyze", "card", "push", "export")
+SUBCOMMAND_MODULES = ("init", "train", "eval", "analyze", "card", "push", "convert", "export")
 
 # Errors that mean "the input is wrong" rather than "the code is wrong": ValueError is what every hybrid_hf and
 # transformers check raises for bad values (HybridConfig, read_documents, the checkpoint/config mismatch check),

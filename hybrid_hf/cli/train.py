@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL_DIR", type=check.model_folder, help="model folder with config, weights and tokenizer")
+    p.add_argument("model", metavar="MODEL_DIR", type=check.model_source, help="model folder with config, weights and tokenizer")
     p.add_argument("--data", required=True, metavar="FILE", type=check.existing_file, help="training text (.txt) or jsonl (.jsonl) file")
     p.add_argument("--output-dir", required=True, type=check.output_folder, help="folder for checkpoints, logs and the final model")
     p.add_argument("--text-field", default="text", help="field of jsonl rows holding the text (default: text)")
@@ -74,6 +74,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--lora-dropout", type=check.fraction, default=LORA_DEFAULTS["lora_dropout"], help="LoRA dropout, in [0, 1) (default: 0)")
     g.add_argument("--lora-targets", type=check.name_list,
                    help="comma-separated module names (default: hybrid_hf's registered targets)")
+    g = p.add_argument_group("distillation (heal a converted model)")
+    g.add_argument("--teacher", metavar="FOLDER", type=check.model_source,
+                   help="train on KL to this model's next-token distribution instead of the labels (e.g. the model "
+                   "before `hybrid-hf convert`); same vocabulary required")
+    g.add_argument("--temperature", type=check.positive_float, default=1.0, help="softmax temperature of the KL (default: 1)")
+    g.add_argument("--ce-weight", type=check.non_negative_float, default=0.0,
+                   help="add this weight times the label cross-entropy to the KL (default: 0)")
+    g.add_argument("--hidden-mse-layers", metavar="I,J,...", type=check.index_list, default=[],
+                   help="also match these hidden states (indices into output_hidden_states) by MSE")
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--logging-steps", type=check.positive_int, default=10, help="log the loss every N steps (default: 10)")
     g.add_argument("--save-steps", type=check.positive_int, default=200, help="checkpoint every N steps (default: 200)")
@@ -138,8 +147,16 @@ def run(args: argparse.Namespace) -> int:
         disable_tqdm=args.no_progress,
         report_to=args.report_to,
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer)
+    trainer_kwargs = {}
+    trainer_cls = Trainer
+    if args.teacher:
+        from ..training import DistillationTrainer
+
+        trainer_cls = DistillationTrainer
+        trainer_kwargs = dict(teacher=AutoModelForCausalLM.from_pretrained(args.teacher), temperature=args.temperature,
+                              ce_weight=args.ce_weight, hidden_layers=args.hidden_mse_layers)
+    trainer = trainer_cls(model=model, args=targs, train_dataset=train_ds, eval_dataset=eval_ds,
+                          processing_class=tokenizer, **trainer_kwargs)
     resume = str(args.resume) if args.resume not in (None, True) else None
     if args.resume is True:
         resume = get_last_checkpoint(str(out)) if out.is_dir() else None

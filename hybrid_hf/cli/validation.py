@@ -132,6 +132,18 @@ def model_folder(text: str) -> str:
     return text
 
 
+def model_source(text: str) -> str:
+    """A saved model folder, or a Hub model id (``namespace/name``) when no local path of that name exists."""
+    if Path(text).exists() or text.count("/") != 1:
+        return model_folder(text)
+    from ..hub import check_repo_id
+
+    try:
+        return check_repo_id(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a local model folder nor a valid Hub id ({err})") from None
+
+
 def output_folder(text: str) -> str:
     """A folder to write into: absent, or an existing folder (not a file)."""
     path = Path(text)
@@ -183,6 +195,14 @@ def name_list(text: str) -> list[str]:
     if not all(names):
         raise _bad(text, "comma-separated names, none empty (e.g. q_proj,v_proj)")
     return names
+
+
+def index_list(text: str) -> list[int]:
+    """Comma-separated non-negative integers (layer indices)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise _bad(text, "comma-separated non-negative integers (e.g. 2,4)")
+    return [int(p) for p in parts]
 
 
 def torch_device(text: str) -> str:

@@ -77,7 +77,7 @@ def _invalid(field: str, value: Any, allowed: str) -> ValueError:
 # Documented bounds of the size fields: far beyond any model this package trains, small enough that no derived size
 # overflows, and positions, windows and sink counts fit the int32 the attention kernels index with.
 MAX_WIDTH = 2**24  # vocab_size, hidden_size, intermediate_size
-MAX_COUNT = 1024  # layers, heads, per-head widths, state size, conv kernel, chunk length
+MAX_COUNT = 1024  # layers, heads, per-head widths, state size, conv kernel
 MAX_POSITIONS = 2**31 - 1  # max_position_embeddings, windows, sinks
 
 
@@ -93,6 +93,7 @@ class FieldRule:
     optional: bool = False  # None allowed
     choices: tuple[str, ...] = ()
     many: bool = False  # a non-empty list of such values allowed too (eos_token_id)
+    even: bool = False
 
     def allowed(self) -> str:
         if self.kind == "bool":
@@ -101,7 +102,8 @@ class FieldRule:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         else:
             lo, hi = ("(" if self.open_lo else "[") + f"{self.lo:g}", f"{self.hi:g}" + (")" if self.open_hi else "]")
-            text = ("an integer" if self.kind == "int" else "a finite number") + f" in {lo}, {hi}"
+            text = ("an even integer" if self.even else "an integer" if self.kind == "int" else "a finite number")
+            text += f" in {lo}, {hi}"
         text += " (or a non-empty list of them)" if self.many else ""
         return f"None or {text}" if self.optional else text
 
@@ -126,14 +128,14 @@ class FieldRule:
                 raise _invalid(field, value, self.allowed()) from None
             above = value > self.lo if self.open_lo else value >= self.lo
             below = value < self.hi if self.open_hi else value <= self.hi
-            ok = math.isfinite(value) and above and below
+            ok = math.isfinite(value) and above and below and not (self.even and value % 2)
         if not ok:
             raise _invalid(field, value, self.allowed())
         return value
 
 
-def _int(lo: int, hi: int, optional: bool = False, many: bool = False) -> FieldRule:
-    return FieldRule("int", lo, hi, optional=optional, many=many)
+def _int(lo: int, hi: int, optional: bool = False, many: bool = False, even: bool = False) -> FieldRule:
+    return FieldRule("int", lo, hi, optional=optional, many=many, even=even)
 
 
 def _real(lo: float, hi: float, open_lo: bool = False, open_hi: bool = False, optional: bool = False) -> FieldRule:
@@ -156,16 +158,17 @@ FIELD_RULES: dict[str, FieldRule] = {
     "num_hidden_layers": _int(1, MAX_COUNT),
     "num_attention_heads": _int(1, MAX_COUNT),
     "num_key_value_heads": _int(1, MAX_COUNT, optional=True),
-    "head_dim": _int(1, MAX_COUNT, optional=True),
+    "head_dim": _int(2, MAX_COUNT, optional=True, even=True),  # RoPE rotates pairs (transformers checks it for NoPE)
     "hidden_act": _one_of(HIDDEN_ACTS),
     "max_position_embeddings": _int(1, MAX_POSITIONS),
     "initializer_range": _real(0.0, 1.0),
-    "rms_norm_eps": _real(0.0, 1.0, open_lo=True),
+    "rms_norm_eps": _real(1e-30, 1.0),  # stays a positive float32: an all-zero row normalises to zero, not NaN
     "use_cache": _BOOL,
     "tie_word_embeddings": _BOOL,
     "sliding_window": _int(1, MAX_POSITIONS, optional=True),
-    "rope_theta": _real(0.0, math.inf, open_lo=True, optional=True),
-    "sliding_rope_theta": _real(0.0, math.inf, open_lo=True, optional=True),
+    # a base far below 1 underflows in float32 and turns the rotation angles into NaN
+    "rope_theta": _real(1.0, math.inf, open_hi=True, optional=True),
+    "sliding_rope_theta": _real(1.0, math.inf, open_hi=True, optional=True),
     "use_qk_norm": _BOOL,
     "attention_bias": _BOOL,
     "attention_dropout": _real(0.0, 1.0, open_hi=True),
@@ -173,8 +176,8 @@ FIELD_RULES: dict[str, FieldRule] = {
     "linear_num_heads": _int(1, MAX_COUNT, optional=True),
     "linear_head_dim": _int(1, MAX_COUNT, optional=True),
     "linear_expand_v": _real(0.0, 16.0, open_lo=True),
-    "linear_conv_kernel_size": _int(1, MAX_COUNT),
-    "linear_chunk_size": _int(1, MAX_COUNT),
+    "linear_conv_kernel_size": _int(2, MAX_COUNT),  # transformers' conv cache cannot hold an empty state
+    "linear_chunk_size": _int(1, 256),  # the reference path solves a chunk x chunk triangular system per head
     "linear_state_size": _int(1, MAX_COUNT),
     "eval_full_attention_window": _int(1, MAX_POSITIONS, optional=True),
     "eval_efficient_window": _int(1, MAX_POSITIONS, optional=True),
@@ -186,7 +189,8 @@ FIELD_RULES: dict[str, FieldRule] = {
     "eos_token_id": _int(0, MAX_WIDTH - 1, optional=True, many=True),
 }
 # Checked here, passed on to transformers' PreTrainedConfig (or, for the RoPE shorthands, to `rope_parameters`).
-_NOT_STORED = ("tie_word_embeddings", "pad_token_id", "bos_token_id", "eos_token_id", "rope_theta", "sliding_rope_theta")
+_NOT_STORED = ("tie_word_embeddings", "pad_token_id", "bos_token_id", "eos_token_id", "rope_theta",
+               "sliding_rope_theta")
 
 
 class HybridConfig(PreTrainedConfig):
@@ -244,6 +248,14 @@ class HybridConfig(PreTrainedConfig):
             transformers' attention interface (``attn_implementation``).
         fused_cross_entropy: Compute the training loss chunk by chunk from hidden states without materialising
             the full logits (``logits`` is then ``None`` when ``labels`` are given).
+
+    Every argument is checked once, at construction; a bad value raises ``ValueError`` naming the field and the
+    allowed values (``FIELD_RULES`` holds the rule of each scalar argument). Integers must be ``int`` (not
+    ``bool``/``float``), flags ``bool``, numbers finite; token ids lie below ``vocab_size``; ``head_dim`` is even;
+    some layer is an attention layer. Sizes are bounded far above any model trained here, so that none overflows:
+    vocabulary, hidden and MLP widths ``<= 2**24``; layer and head counts, per-head widths, state size and conv
+    kernel ``<= 1024``; ``linear_chunk_size <= 256``; positions, windows and sinks ``<= 2**31 - 1`` (the int32 the
+    attention kernels index with); ``rope_theta >= 1`` and ``rms_norm_eps >= 1e-30`` (smaller ones give NaN).
     """
 
     model_type = "hybrid_hf"
@@ -350,17 +362,16 @@ class HybridConfig(PreTrainedConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = heads
         elif heads % self.num_key_value_heads:
-            raise _invalid("num_key_value_heads", self.num_key_value_heads, f"None or a divisor of num_attention_heads={heads}")
+            kv = self.num_key_value_heads
+            raise _invalid("num_key_value_heads", kv, f"None or a divisor of num_attention_heads={heads}")
         if self.head_dim is None:
             if self.hidden_size % heads:
-                raise _invalid(
-                    "num_attention_heads", heads, f"a divisor of hidden_size={self.hidden_size}, or set head_dim explicitly"
-                )
+                allowed = f"a divisor of hidden_size={self.hidden_size}, or set head_dim explicitly"
+                raise _invalid("num_attention_heads", heads, allowed)
             self.head_dim = self.hidden_size // heads
-            if self.head_dim > MAX_COUNT:  # it is saved, so it must pass its own rule on loading
-                raise _invalid(
-                    "head_dim", None, f"a head_dim <= {MAX_COUNT}: hidden_size // num_attention_heads={self.head_dim}"
-                )
+            if self.head_dim % 2 or self.head_dim > MAX_COUNT:  # it is saved, so it must pass its own rule on loading
+                default = f"hidden_size // num_attention_heads={self.head_dim}"
+                raise _invalid("head_dim", None, f"an explicit even head_dim <= {MAX_COUNT}, as {default} is not one")
 
     def _resolve_layer_types(self, layer_types: list[str] | None, layer_pattern: str | None) -> list[str]:
         n = self.num_hidden_layers
@@ -374,40 +385,44 @@ class HybridConfig(PreTrainedConfig):
                 )
             from_pattern = [PATTERN_LETTERS[c] for c in layer_pattern * (n // len(layer_pattern))]
         if layer_types is None:
-            return from_pattern or ["full_attention"] * n
+            return self._check_layout("layer_pattern", layer_pattern, from_pattern or ["full_attention"] * n)
         if not isinstance(layer_types, (list, tuple)) or len(layer_types) != n:
             raise _invalid("layer_types", layer_types, f"None or a list of exactly num_hidden_layers={n} layer types")
         for i, t in enumerate(layer_types):
             if t not in LAYER_TYPES:
                 raise _invalid(f"layer_types[{i}]", t, ", ".join(LAYER_TYPES))
-        if from_pattern is not None and from_pattern != list(layer_types):
+        types = self._check_layout("layer_types", layer_types, list(layer_types))
+        if from_pattern is not None and from_pattern != types:
             raise _invalid("layer_pattern", layer_pattern, f"a pattern consistent with layer_types={layer_types}")
-        return list(layer_types)
+        return types
+
+    @staticmethod
+    def _check_layout(field: str, value: Any, types: list[str]) -> list[str]:
+        if not set(types) & set(ATTENTION_LAYER_TYPES):  # transformers' cache measures sequences on attention layers
+            raise _invalid(field, value, "a layout with at least one F or S (attention) layer")
+        return types
 
     def _resolve_layer_fields(self) -> None:
-        """What the layer types present need: a window, a recurrent mixer and its head layout, RoPE-able heads."""
+        """What the layer types present need: a window, a recurrent mixer and its head layout."""
         types = set(self.layer_types)
         if "sliding_attention" in types and self.sliding_window is None:
             raise _invalid("sliding_window", None, "a positive integer when layer_types contains 'sliding_attention'")
-        if self.head_dim % 2 and "rope" in self.position_encodings:
-            raise _invalid(
-                "head_dim", self.head_dim, "an even integer when a layer uses RoPE (default hidden_size // num_attention_heads)"
-            )
         if "linear_attention" not in types:
             return
         kind = self.linear_attention_type
         if kind is None:
-            raise _invalid("linear_attention_type", kind, f"{', '.join(LINEAR_ATTENTION_TYPES)} with linear_attention layers")
+            allowed = f"{', '.join(LINEAR_ATTENTION_TYPES)} with linear_attention layers"
+            raise _invalid("linear_attention_type", kind, allowed)
         if self.linear_num_heads is None:
             self.linear_num_heads = self.num_attention_heads
         if self.linear_head_dim is None:
             self.linear_head_dim = self.head_dim
-        if kind != "gated_deltanet" and self.linear_expand_v != 1.0:
-            raise _invalid("linear_expand_v", self.linear_expand_v, f"1.0 for {kind} (only gated_deltanet widens values)")
-        if not (self.linear_head_dim * self.linear_expand_v).is_integer():
-            raise _invalid(
-                "linear_expand_v", self.linear_expand_v, f"a factor giving linear_head_dim={self.linear_head_dim} an integer value width"
-            )
+        expand = self.linear_expand_v
+        if kind != "gated_deltanet" and expand != 1.0:
+            raise _invalid("linear_expand_v", expand, f"1.0 for {kind} (only gated_deltanet widens values)")
+        if not (self.linear_head_dim * expand).is_integer():
+            allowed = f"a factor giving linear_head_dim={self.linear_head_dim} an integer value width"
+            raise _invalid("linear_expand_v", expand, allowed)
 
     def _resolve_position_encodings(self, pe: list[str] | dict[str, str] | str | None) -> list[str]:
         types = self.layer_types
@@ -436,7 +451,8 @@ class HybridConfig(PreTrainedConfig):
         for i, (t, v) in enumerate(zip(types, out)):
             if t == "linear_attention" and v == "rope":
                 if isinstance(pe, dict) and "linear_attention" in pe:
-                    raise _invalid("position_encodings", pe, "'nope' for linear_attention layers (recurrent mixers take no positions)")
+                    allowed = "'nope' for linear_attention layers (recurrent mixers take no positions)"
+                    raise _invalid("position_encodings", pe, allowed)
                 if isinstance(pe, (list, tuple)):
                     raise _invalid(f"position_encodings[{i}]", v, "'nope' for linear_attention layers")
                 out[i] = "nope"

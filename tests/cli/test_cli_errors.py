@@ -209,3 +209,13 @@ def test_runtime_error_in_a_fresh_process_has_no_traceback(files):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("hybrid-hf train: error: --data")
     assert "'text' is null" in proc.stderr
+
+
+def test_model_argument_takes_a_folder_or_a_hub_id(files, monkeypatch, capsys):
+    from hybrid_hf.cli.validation import model_source
+
+    assert model_source(files["model"]) == files["model"] and model_source("org/model") == "org/model"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["eval", "no-such-org/no-such-model", "--data", files["docs.txt"]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("hybrid-hf eval: error:"), err

@@ -1,0 +1,20 @@
+"""The package's own small-scale reproduction of the paper's claims (Large-Window Laziness, the NoPE gain,
+convergence of hybrids): study settings and one training run (``study``), claim tests and the report
+(``report``). ``benchmarks/reproduction/run.py`` is the command-line front end."""
+
+from .report import analyse, load_runs, write_report
+from .study import (
+           ARMS,
+           MODEL_SIZES,
+           PROFILES,
+           SWA_ARMS,
+           CheckpointProbe,
+           StudySettings,
+           model_config,
+           prepare,
+           run_arm,
+           settings_for,
+)
+
+__all__ = ["ARMS", "MODEL_SIZES", "PROFILES", "SWA_ARMS", "CheckpointProbe", "StudySettings", "analyse", "load_runs",
+           "model_config", "prepare", "run_arm", "settings_for", "write_report"]
