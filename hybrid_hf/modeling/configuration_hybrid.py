@@ -564,7 +564,9 @@ class HybridConfig(PreTrainedConfig):
         layer_type = self.layer_types[layer_idx]
         if layer_type not in ATTENTION_LAYER_TYPES or self.position_encodings[layer_idx] != "rope":
             return None
-        return self.rope_parameters[layer_type]
+        # a flat dict assigned after construction is normalised (and validated) by the rotary embedding
+        params = self.rope_parameters
+        return params.get(layer_type, params) if isinstance(params, dict) else params
 
     def layer_letter(self, layer_idx: int) -> str:
         """``F``, ``S`` or ``L``: layer ``layer_idx`` in ``layer_pattern`` notation."""
