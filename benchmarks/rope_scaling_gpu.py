@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 
-from hybrid_hf import HybridConfig, HybridForCausalLM
-from hybrid_hf.generation import generate_fast
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hybrid_hf import HybridConfig, HybridForCausalLM  # noqa: E402
+from hybrid_hf.generation import generate_fast  # noqa: E402
 
 MAX_POS, ORIGINAL, HEAD_DIM = 256, 64, 64
 CASES = {
