@@ -101,7 +101,8 @@ class FieldRule:
         elif self.kind == "choice":
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         else:
-            lo, hi = ("(" if self.open_lo else "[") + f"{self.lo:g}", f"{self.hi:g}" + (")" if self.open_hi else "]")
+            fmt = (lambda v: str(int(v))) if self.kind == "int" else (lambda v: f"{v:g}")
+            lo, hi = ("(" if self.open_lo else "[") + fmt(self.lo), fmt(self.hi) + (")" if self.open_hi else "]")
             text = ("an even integer" if self.even else "an integer" if self.kind == "int" else "a finite number")
             text += f" in {lo}, {hi}"
         text += " (or a non-empty list of them)" if self.many else ""

@@ -123,7 +123,7 @@ CASES = [
     ("set-int-text", lambda f: _init(f, "--set", "sliding_window=big"), ["argument --set", "an integer"]),
     ("set-no-equals", lambda f: _init(f, "--set", "sliding_window"), ["argument --set", "KEY=VALUE"]),
     ("set-invalid-config", lambda f: _init(f, "--set", "sliding_window=-3"),
-     ["HybridConfig", "sliding_window", "positive integer"]),
+     ["HybridConfig", "sliding_window", "allowed: None or an integer in [1, "]),
     ("set-vocab-too-small", lambda f: ["init", f["root"] + "/new", "--size", "tiny", "--tokenizer", f["model"],
                                        "--set", "vocab_size=10"], ["vocab_size=10", "smaller than the tokenizer"]),
     ("max-position-embeddings-neg", lambda f: _init(f, "--max-position-embeddings", "-1"),
