@@ -22,12 +22,15 @@ import json
 import math
 import platform
 import random
+import sys
 import time
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import Qwen3Config, Qwen3ForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybrid_hf.convert import hybridize, import_model, plan_layer_types
 from hybrid_hf.data import build_corpus, train_tokenizer
