@@ -486,7 +486,7 @@ class HybridConfig(PreTrainedConfig):
             theta_field = "sliding_rope_theta" if (t == "sliding_attention" and sliding_rope_theta is not None) else "rope_theta"
             theta = sliding_rope_theta if theta_field == "sliding_rope_theta" else rope_theta
             if theta is not None:
-                _check_number(theta_field, theta, "> 0")
+                _check_number(theta_field, theta, ">= 1")
                 params["rope_theta"] = float(theta)
             params.setdefault("rope_theta", self.default_theta)
             if params["rope_type"] in _ROPE_TYPES_WITH_ORIGINAL_MAX:
@@ -600,7 +600,7 @@ def _check_rope_type_parameters(where: str, params: dict[str, Any], head_dim: in
     for key in required:
         if key not in params:
             raise _invalid(f"{where}.{key}", "<missing>", f"a value; rope_type={rope_type!r} requires {', '.join(required)}")
-    _check_number(f"{where}.rope_theta", params["rope_theta"], "> 0")
+    _check_number(f"{where}.rope_theta", params["rope_theta"], ">= 1")
     partial = params.get("partial_rotary_factor", 1.0)
     if not (isinstance(partial, (int, float)) and not isinstance(partial, bool) and 0 < partial <= 1):
         raise _invalid(f"{where}.partial_rotary_factor", partial, "a number in (0, 1]")

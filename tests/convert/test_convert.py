@@ -308,7 +308,7 @@ def test_convert_then_distill_recovers_the_teacher(copy_teacher, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def test_cli_convert_and_train_with_teacher(tmp_path):
+def test_cli_convert_and_train_with_teacher(tmp_path, capsys):
     source = _source("qwen3", layer_types=["full_attention"] * 4, use_sliding_window=False, vocab_size=300,
                      max_position_embeddings=256)
     texts = [f"Document {i}: the {w} river runs past the {w} mill, and the miller counts {i} sacks." for i, w in
@@ -338,5 +338,7 @@ def test_cli_convert_and_train_with_teacher(tmp_path):
                  "--logging-steps", "1", "--save-steps", "100", "--no-progress", "--temperature", "2"]) == 0
     history = json.loads((out / "train_results.json").read_text())["log_history"]
     assert any("kl" in h for h in history) and (out / "final" / "model.safetensors").exists()
-    with pytest.raises(ValueError, match="keep-full"):
-        main(["convert", str(src), "--out", str(tmp_path / "x"), "--select", "nll"])
+    capsys.readouterr()
+    assert main(["convert", str(src), "--out", str(tmp_path / "x"), "--select", "nll"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hybrid-hf convert: error:") and "--keep-full" in err[0], err
