@@ -16,6 +16,7 @@ import torch
 
 from ..analysis import retrieval_head_scores
 from ..modeling import HybridForCausalLM
+from ..modeling.loss import token_losses
 from .hybridize import hybridize, plan_layer_types
 
 SELECTION_METHODS = ("retrieval", "nll")
@@ -31,9 +32,7 @@ def _mean_nll(model: HybridForCausalLM, input_ids: torch.Tensor, batch_size: int
     total, count = 0.0, 0
     for start in range(0, input_ids.shape[0], batch_size):
         ids = input_ids[start : start + batch_size].to(device)
-        logits = model(ids, use_cache=False).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")
-        total += float(loss)
+        total += float(token_losses(model(ids, use_cache=False).logits, ids).sum())
         count += ids[:, 1:].numel()
     return total / count
 

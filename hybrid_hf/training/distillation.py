@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
-from .packing import IGNORE_INDEX
+from ..modeling.loss import IGNORE_INDEX, shift_labels
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "inputs_embeds", "cu_seq_lens_q", "cu_seq_lens_k",
                  "max_length_q", "max_length_k")
@@ -23,7 +23,7 @@ _MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "inputs_embeds",
 
 def scored_positions(labels: torch.Tensor) -> torch.Tensor:
     """(batch, seq) bool: positions whose prediction is scored (the next label is not -100; the last never is)."""
-    return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
+    return shift_labels(labels) != IGNORE_INDEX
 
 
 def distillation_loss(
@@ -61,7 +61,7 @@ def distillation_loss(
     zero = kl.new_zeros(())
     ce = zero
     if ce_weight:
-        shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(s.device)[mask]
+        shifted = shift_labels(labels).to(s.device)[mask]
         ce = F.cross_entropy(s, shifted, reduction="sum") / count
         total = total + ce_weight * ce
     mse = zero
