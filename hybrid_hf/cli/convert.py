@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from . import validation as check
+
 EXAMPLES = """examples:
   # import only: the same model as a hybrid_hf folder (same logits), ready for `hybrid-hf analyze`
   hybrid-hf convert ./Qwen3-0.6B --out runs/qwen3-imported
@@ -23,7 +25,6 @@ The converted layers are sliding-window layers (no new parameters) unless --recu
 model (safetensors + remote code), the source's tokenizer and conversion.json (layer types, scores, choices).
 """
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..convert import SELECTION_METHODS
     from ..modeling.configuration_hybrid import LINEAR_ATTENTION_TYPES
@@ -37,42 +38,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", metavar="SRC", help="checkpoint folder or Hub id")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the converted model to")
+    p.add_argument("source", metavar="SRC", type=check.folder_or_hub_id, help="checkpoint folder or Hub id")
+    p.add_argument("--out", required=True, metavar="DIR", type=check.output_folder, help="folder to write the converted model to")
     g = p.add_argument_group("which layers to convert (at most one; none: import only)")
     choice = g.add_mutually_exclusive_group()
-    choice.add_argument("--sliding-layers", metavar="I,J,...",
+    choice.add_argument("--sliding-layers", metavar="I,J,...", type=check.index_list,
                         help="comma-separated indices of full-attention layers to convert")
     choice.add_argument("--pattern", metavar="LETTERS",
                         help="letters F (keep) and S or L (convert) tiled over the depth, e.g. SF for 1:1")
     choice.add_argument("--select", choices=SELECTION_METHODS,
                         help="rank full-attention layers from data (retrieval-head score or NLL increase when "
                         "windowed) and keep the top --keep-full")
-    g.add_argument("--keep-full", type=int, metavar="K", help="full-attention layers to keep with --select")
-    g.add_argument("--calibration-data", metavar="FILE",
+    g.add_argument("--keep-full", type=check.positive_int, metavar="K", help="full-attention layers to keep with --select")
+    g.add_argument("--calibration-data", metavar="FILE", type=check.existing_file,
                    help="text/jsonl file for --select: haystack of the needle samples (retrieval) or text (nll)")
-    g.add_argument("--calibration-length", type=int, default=512,
+    g.add_argument("--calibration-length", type=check.block_size, default=512,
                    help="tokens per calibration sample/row (default: 512)")
-    g.add_argument("--calibration-samples", type=int, default=8,
+    g.add_argument("--calibration-samples", type=check.positive_int, default=8,
                    help="calibration samples (retrieval) or rows (nll) (default: 8)")
     g.add_argument("--text-field", default="text", help="field of jsonl rows holding the text (default: text)")
     g = p.add_argument_group("what the converted layers become")
     g.add_argument("--recurrent", choices=LINEAR_ATTENTION_TYPES,
                    help="make the converted layers this recurrent mixer (initialised from the attention's Q/K/V/O) "
                    "instead of sliding-window attention")
-    g.add_argument("--window", type=int, metavar="W",
+    g.add_argument("--window", type=check.positive_int, metavar="W",
                    help="sliding window in keys including the current token (default: the model's own); also "
                    "the window --select nll tests each layer with")
     g.add_argument("--nope-full", action="store_true", help="drop RoPE from the kept full-attention layers")
-    g.add_argument("--seed", type=int, default=0, help="seed of the freshly initialised parameters (default: 0)")
+    g.add_argument("--seed", type=check.seed, default=0, help="seed of the freshly initialised parameters (default: 0)")
     p.set_defaults(func=run)
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--sliding-layers: invalid value {text!r}; allowed: comma-separated integers") from None
 
 
 def _calibration_rows(tokenizer, docs: list[str], length: int, rows: int):
@@ -115,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     recurrent = args.recurrent is not None
     types = None
     if args.sliding_layers is not None:
-        types = plan_layer_types(model.config, converted_layers=_int_list(args.sliding_layers), recurrent=recurrent)
+        types = plan_layer_types(model.config, converted_layers=args.sliding_layers, recurrent=recurrent)
     elif args.pattern is not None:
         types = plan_layer_types(model.config, pattern=args.pattern, recurrent=recurrent)
     elif args.select is not None:

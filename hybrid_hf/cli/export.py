@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import validation as check
+
 EXAMPLES = """examples:
   hybrid-hf export runs/swa128-nope/final --list                 # which targets express this model, and why not
   hybrid-hf export runs/swa128-nope/final --to smollm3 --out exports/smollm3
@@ -20,7 +22,6 @@ greedy generation) before it appears (exit 1 if that fails). Serving caveats are
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..export import TARGETS
 
@@ -32,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="FOLDER", help="saved hybrid_hf model folder (e.g. OUTPUT_DIR/final of `train`)")
+    p.add_argument("model", metavar="FOLDER", type=check.model_folder, help="saved hybrid_hf model folder (e.g. OUTPUT_DIR/final of `train`)")
     p.add_argument("--to", choices=TARGETS, metavar="ARCH", help=f"export target, one of: {', '.join(TARGETS)}")
-    p.add_argument("--out", metavar="DIR", help="folder to write the exported checkpoint to")
+    p.add_argument("--out", metavar="DIR", type=check.output_folder, help="folder to write the exported checkpoint to")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="stored weight dtype (default auto: the source's; narrowing fails verification)")

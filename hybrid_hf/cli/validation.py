@@ -133,15 +133,11 @@ def model_folder(text: str) -> str:
 
 
 def model_source(text: str) -> str:
-    """A saved model folder, or a Hub model id (``namespace/name``) when no local path of that name exists."""
+    """A saved model folder, or a Hub model id (``namespace/name``) when no local path of that name exists; a missing
+    bare name is reported as a missing folder (far more often a typo than a Hub id)."""
     if Path(text).exists() or text.count("/") != 1:
         return model_folder(text)
-    from ..hub import check_repo_id
-
-    try:
-        return check_repo_id(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a local model folder nor a valid Hub id ({err})") from None
+    return hub_repo_id(text)
 
 
 def output_folder(text: str) -> str:
