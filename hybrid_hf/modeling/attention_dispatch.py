@@ -208,7 +208,7 @@ def resolve(
     inputs_embeds: torch.Tensor,
     attention_mask: Any,
     cache: Cache | None,
-    position_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
     *,
     output_attentions: bool,
     training: bool,
@@ -218,7 +218,8 @@ def resolve(
 
     ``attention_mask`` is a 2D padding mask, None, or a dict of masks prepared per layer type (used as given);
     ``cu_seqlens`` packed-document boundaries given by the caller (``cu_seq_lens_q``), else found by
-    ``masking.packed_documents``."""
+    ``masking.packed_documents`` in the caller's ``position_ids`` (None: default positions, one document per row, no
+    search and no host synchronisation)."""
     if isinstance(cache, HybridStaticCache):
         _check_static_cache(config, attention_mask, output_attentions)
         return static_cache_plan(config, inputs_embeds, cache)

@@ -58,7 +58,7 @@ def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor | N
 
 
 def packed_documents(
-    position_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
     batch_size: int,
     attention_mask: torch.Tensor | None,
     past_length: int,
@@ -67,7 +67,7 @@ def packed_documents(
     """``cu_seqlens`` of this forward's packed documents (see the module docstring), or None."""
     if given is not None:
         return given
-    if attention_mask is not None or past_length > 0:
+    if position_ids is None or attention_mask is not None or past_length > 0:
         return None
     return cu_seqlens_from_position_ids(position_ids.expand(batch_size, -1))
 

@@ -208,11 +208,11 @@ class HybridModel(HybridPreTrainedModel):
         validate_inputs(cfg, input_ids, inputs_embeds, attention_mask, position_ids, past_length)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if position_ids is None:
-            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_length)[None]
         packing = {k: kwargs.pop(k) for k in _PACKING_KWARGS if k in kwargs}
         plan = resolve(cfg, inputs_embeds, attention_mask, cache, position_ids, output_attentions=output_attentions,
                        training=self.training, cu_seqlens=packing.get("cu_seq_lens_q"))
+        if position_ids is None:
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_length)[None]
 
         hidden_states = inputs_embeds
         rope = self.rotary_emb(hidden_states, position_ids)
