@@ -299,6 +299,15 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         ``HybridModel.decode_step``; this is the step ``generate_fast`` captures in a CUDA graph)."""
         return self.lm_head(self.model.decode_step(input_ids, cache, layers, fused_weights)[:, -1])
 
+    def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any) -> Any:
+        """transformers' ``generate``, with greedy/sampled decoding of unpadded batches served by ``generate_fast``
+        (static cache, CUDA-graph decode; ``cache_implementation="static"`` also compiles the step). Beam search,
+        padding, streamers, logits processors, dict outputs and ``cache_implementation="dynamic"`` run transformers'
+        own loop (logged once per reason; ``fast_generation.fast_path_refusal`` tells in advance)."""
+        from .fast_generation import route_generate
+
+        return route_generate(self, super().generate, inputs, generation_config, **kwargs)
+
     @can_return_tuple
     def forward(
         self,

@@ -20,7 +20,8 @@ def test_generate_fast_static_cache_matches_full_forward(pattern, chunk):
     assert (logits - full[:, 12:-1]).abs().max().item() <= 1e-4
     assert torch.equal(seq[:, 13:], full[:, 12:-1].argmax(-1))
     # and the same tokens as transformers' generate with the dynamic cache
-    ref = model.generate(prompt, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+    ref = model.generate(prompt, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0,
+                         cache_implementation="dynamic")
     assert torch.equal(seq, ref)
 
 

@@ -149,6 +149,8 @@ FRESH_LOAD = BLOCK_HYBRID_HF + textwrap.dedent(
     with torch.no_grad():
         logits = model(ids).logits
     gen = model.generate(ids, max_new_tokens=5, do_sample=False)
+    fast = importlib.import_module(type(model).__module__.rsplit(".", 1)[0] + ".fast_generation")
+    assert fast.fast_path_refusal(model, ids, max_new_tokens=5, do_sample=False) is None  # generate was routed
     torch.save({"ids": ids, "logits": logits, "generated": gen}, out_path)
     """
 )

@@ -1,0 +1,147 @@
+"""``model.generate`` routed to ``generate_fast``: same tokens as transformers' own loop and as a no-cache argmax
+loop; every call the fast path cannot serve falls back to transformers' loop (CPU, fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from hybrid_hf.generation import decode_cache, fast_path_refusal, generate_fast, release_decode_buffers
+from hybrid_hf.modeling import fast_generation
+
+
+def _no_cache_greedy(model, prompt: torch.Tensor, new: int) -> torch.Tensor:
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(new):
+            nxt = model(seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    return seq
+
+
+@pytest.mark.parametrize("pattern, mixer", [("SF", None), ("FF", None), ("LF", "gated_deltanet"), ("LF", "mamba2")])
+def test_routed_greedy_equals_stock_loop_and_no_cache_reference(pattern, mixer):
+    model = tiny_model(pattern, **({"linear_attention_type": mixer} if mixer else {}))
+    prompt = torch.randint(3, 128, (2, 11))
+    assert fast_path_refusal(model, prompt, max_new_tokens=9, do_sample=False) is None
+    routed = model.generate(prompt, max_new_tokens=9, do_sample=False)
+    stock = model.generate(prompt, max_new_tokens=9, do_sample=False, cache_implementation="dynamic")
+    assert routed.shape == (2, 20)
+    assert torch.equal(routed, stock)
+    assert torch.equal(routed, _no_cache_greedy(model, prompt, 9))
+    if "L" not in pattern:  # attention-only models keep the fast path's static cache: the call went there
+        assert decode_cache(model) is not None
+        release_decode_buffers(model)
+
+
+@pytest.mark.parametrize("options", [
+    dict(do_sample=True),  # transformers' default top_k=50 applies
+    dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.9),
+    dict(do_sample=True, top_k=0, top_p=0.6),
+    dict(do_sample=True, temperature=1.3, num_return_sequences=3),
+])
+def test_routed_sampling_draws_the_same_tokens_as_transformers_with_the_same_seed(options):
+    model = tiny_model("SF")
+    prompt = torch.randint(3, 128, (2, 7))
+    assert fast_path_refusal(model, prompt, max_new_tokens=12, **options) is None
+    torch.manual_seed(123)
+    routed = model.generate(prompt, max_new_tokens=12, **options)
+    torch.manual_seed(123)
+    stock = model.generate(prompt, max_new_tokens=12, cache_implementation="dynamic", **options)
+    assert torch.equal(routed, stock)
+    greedy = model.generate(prompt, max_new_tokens=12, do_sample=False)
+    if options.get("num_return_sequences", 1) == 1:
+        assert not torch.equal(routed, greedy)  # it really sampled
+
+
+def test_top_k_one_sampling_is_greedy_and_bad_controls_are_refused():
+    model = tiny_model("SF")
+    prompt = torch.randint(3, 128, (2, 7))
+    greedy = generate_fast(model, prompt, 8)
+    assert torch.equal(generate_fast(model, prompt, 8, do_sample=True, top_k=1), greedy)
+    assert torch.equal(generate_fast(model, prompt, 8, do_sample=True, top_p=1e-6), greedy)
+    with pytest.raises(ValueError, match="top_p"):
+        generate_fast(model, prompt, 8, do_sample=True, top_p=1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        generate_fast(model, prompt, 8, do_sample=True, temperature=0.0)
+
+
+def test_stop_tokens_end_generation_like_transformers():
+    model = tiny_model("SF")
+    prompt = torch.randint(3, 128, (2, 9))
+    greedy = model.generate(prompt, max_new_tokens=10, do_sample=False)
+    stops = [int(greedy[0, 11]), int(greedy[1, 13])]  # row 0 stops at new token 3, row 1 by new token 5
+    kw = dict(max_new_tokens=10, do_sample=False, eos_token_id=stops, pad_token_id=0)
+    routed = model.generate(prompt, **kw)
+    stock = model.generate(prompt, cache_implementation="dynamic", **kw)
+    assert routed.shape[1] < greedy.shape[1]  # every row finished early: the output is shorter
+    assert torch.equal(routed, stock)
+    # min_new_tokens keeps the stop tokens out for that many steps, as transformers' processor does
+    kw["min_new_tokens"] = 6
+    assert torch.equal(model.generate(prompt, **kw), model.generate(prompt, cache_implementation="dynamic", **kw))
+
+
+@pytest.mark.parametrize("call, reason", [
+    (dict(num_beams=2), "num_beams"),
+    (dict(repetition_penalty=1.3), "repetition_penalty"),
+    (dict(return_dict_in_generate=True, output_logits=True), "output_logits"),
+    (dict(cache_implementation="dynamic"), "cache_implementation"),
+    (dict(use_cache=False), "use_cache"),
+    (dict(attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1] * 7])), "padded"),
+])
+def test_calls_the_fast_path_cannot_serve_fall_back_with_one_log_per_reason(call, reason, monkeypatch):
+    model = tiny_model("SF")
+    prompt = torch.randint(3, 128, (2, 7))
+    refusal = fast_path_refusal(model, prompt, max_new_tokens=5, **call)
+    assert refusal is not None and reason in refusal
+    messages: list[str] = []
+    monkeypatch.setattr(fast_generation.logger, "info", messages.append)
+    monkeypatch.setattr(fast_generation, "_logged_reasons", set())
+    first = model.generate(prompt, max_new_tokens=5, do_sample=False, **call)
+    model.generate(prompt, max_new_tokens=5, do_sample=False, **call)
+    assert len(messages) == 1 and refusal in messages[0]
+    sequences = first.sequences if hasattr(first, "sequences") else first
+    assert sequences.shape == (2, 12)
+
+
+def test_streamer_falls_back_and_streams():
+    from transformers.generation.streamers import BaseStreamer
+
+    class Collect(BaseStreamer):
+        def __init__(self) -> None:
+            self.chunks: list[torch.Tensor] = []
+
+        def put(self, value: torch.Tensor) -> None:
+            self.chunks.append(value)
+
+        def end(self) -> None:
+            pass
+
+    model = tiny_model("SF")
+    prompt = torch.randint(3, 128, (1, 7))
+    streamer = Collect()
+    assert "streamer" in fast_path_refusal(model, prompt, streamer=streamer)
+    out = model.generate(prompt, max_new_tokens=4, do_sample=False, streamer=streamer)
+    assert len(streamer.chunks) == 5 and torch.equal(out, model.generate(prompt, max_new_tokens=4, do_sample=False))
+
+
+def test_routed_output_is_a_normal_tensor_and_the_mode_is_kept():
+    model = tiny_model("SF").train()
+    prompt = torch.randint(3, 128, (2, 7))
+    out = model.generate(prompt, max_new_tokens=3, do_sample=False)
+    out[:, -1] = 0  # not an inference-mode tensor
+    assert model.training
+
+
+def test_lora_adapters_are_used_on_the_fast_path():
+    peft = pytest.importorskip("peft")
+    model = tiny_model("SF")
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"],
+                                                      init_lora_weights=False))
+    prompt = torch.randint(3, 128, (2, 7))
+    routed = lora.generate(input_ids=prompt, max_new_tokens=6, do_sample=False)
+    with lora.disable_adapter():
+        base = lora.generate(input_ids=prompt, max_new_tokens=6, do_sample=False)
+    assert torch.equal(routed, _no_cache_greedy(lora, prompt, 6))
+    assert not torch.equal(routed, base)
