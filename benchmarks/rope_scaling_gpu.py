@@ -1,6 +1,6 @@
 """GPU check of RoPE scaling in the CUDA-graph decode path (``generate_fast``), which the CPU tests cannot capture.
 
-For every length-dependent rope_type (``dynamic``, ``longrope``) and one static one (``yarn``), a small SF hybrid
+For plain RoPE (control), every length-dependent rope_type (``dynamic``, ``longrope``) and one static one (``yarn``), a small SF hybrid
 decodes past ``max_position_embeddings`` with ``generate_fast`` (decode step captured as a CUDA graph, eager and
 compiled) and with ``model.generate`` (DynamicCache); tokens must be equal and logits close. Prints one JSON line per
 case and exits non-zero on a mismatch.
@@ -23,6 +23,7 @@ from hybrid_hf.generation import generate_fast  # noqa: E402
 
 MAX_POS, ORIGINAL, HEAD_DIM = 256, 64, 64
 CASES = {
+    "default": None,  # control: plain RoPE, so a gap seen for the scaled kinds can be told from the decode path's own
     "dynamic": {"rope_type": "dynamic", "factor": 4.0},
     "longrope": {
         "rope_type": "longrope", "original_max_position_embeddings": ORIGINAL,
