@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -148,12 +147,7 @@ def _samples(tok, length: int, n: int, seed: int, task: str = "niah_single"):
 
 
 def _emit(args: argparse.Namespace, result: dict[str, Any]) -> int:
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
-    return 0
+    return check.print_json_result(result, args.output)
 
 
 def _table(t) -> list[list[float | None]]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from . import validation as check
 
@@ -55,9 +53,4 @@ def run(args: argparse.Namespace) -> int:
     dataset = causal_lm_dataset(tokenizer, docs, args.block_size, reset_positions=not args.no_reset_positions)
     results = evaluate_causal_lm(model, dataset, args.batch_size)
     results.update({"documents": len(docs), "block_size": args.block_size, "data": str(args.data)})
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
-    return 0
+    return check.print_json_result(results, args.output)

@@ -325,3 +325,16 @@ def check_block_size(value: int, config: Any, option: str = "--block-size") -> N
     limit = getattr(config, "max_position_embeddings", None)
     if isinstance(limit, int) and value > limit:
         raise CLIError(f"{option} {value} exceeds the model's max_position_embeddings={limit}; allowed: 2..{limit}")
+
+
+def print_json_result(result: dict, output: str | None) -> int:
+    """Print a command's JSON result and, with ``--output``, also write it there; returns the exit status 0."""
+    import json
+    from pathlib import Path
+
+    text = json.dumps(result, indent=1)
+    print(text)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text + "\n")
+    return 0

@@ -175,17 +175,24 @@ def layer_kernel(requested: str, inputs_embeds: torch.Tensor, layer_type: str) -
     return kernel
 
 
-def _check_static_cache(config: HybridConfig, attention_mask: Any, output_attentions: bool) -> None:
+def static_cache_refusal(config: HybridConfig, attention_mask: Any = None, output_attentions: bool = False) -> str | None:
+    """Why a forward cannot run into a ``HybridStaticCache`` (padding, attention weights, receptive-field caps), or
+    None."""
     if attention_mask is not None and not isinstance(attention_mask, dict) and not bool(attention_mask.all()):
-        raise ValueError("HybridStaticCache decodes rows of equal length: `attention_mask` must not contain padding.")
+        return "HybridStaticCache decodes rows of equal length: `attention_mask` must not contain padding."
     if output_attentions:
-        raise ValueError("output_attentions=True is not available with HybridStaticCache.")
+        return "output_attentions=True is not available with HybridStaticCache."
     if config.eval_full_attention_window is not None or config.eval_efficient_window is not None:
-        raise ValueError(
-            "eval_full_attention_window/eval_efficient_window (receptive-field caps) are not applied by "
-            "HybridStaticCache, which attends without masks: unset them, or decode with a DynamicCache "
-            "(model.generate) or use_cache=False."
-        )
+        return ("eval_full_attention_window/eval_efficient_window (receptive-field caps) are not applied by "
+                "HybridStaticCache, which attends without masks: unset them, or decode with a DynamicCache "
+                "(model.generate) or use_cache=False.")
+    return None
+
+
+def _check_static_cache(config: HybridConfig, attention_mask: Any, output_attentions: bool) -> None:
+    refusal = static_cache_refusal(config, attention_mask, output_attentions)
+    if refusal is not None:
+        raise ValueError(refusal)
 
 
 def static_cache_plan(config: HybridConfig, inputs_embeds: torch.Tensor, cache: HybridStaticCache) -> list[LayerPlan]:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from .attention_dispatch import static_cache_refusal
 from .attention_kernels import raise_recompile_limits
 from .static_cache import HybridStaticCache
 
@@ -355,6 +356,8 @@ def _read_call(model: HybridForCausalLM, inputs: torch.Tensor | None, generation
         return _Routing("`input_ids` are on another device than the model")
     if attention_mask is not None and not bool(torch.as_tensor(attention_mask).all()):
         return _Routing("a padded batch (`attention_mask` has zeros)")
+    if static_cache_refusal(model.config) is not None:
+        return _Routing("receptive-field caps (config.eval_full_attention_window / eval_efficient_window) are set")
     for name, value in config.to_diff_dict().items():
         if name not in _SERVED and name in _NEUTRAL and value != _NEUTRAL[name] and value is not None:
             return _Routing(f"generation_config.{name}={value!r}")

@@ -105,6 +105,13 @@ def test_calls_the_fast_path_cannot_serve_fall_back_with_one_log_per_reason(call
     assert sequences.shape == (2, 12)
 
 
+def test_receptive_field_caps_fall_back_to_the_masked_loop():
+    model = tiny_model("SF", eval_full_attention_window=4)
+    prompt = torch.randint(3, 128, (2, 9))
+    assert "receptive-field caps" in fast_path_refusal(model, prompt, max_new_tokens=4)
+    assert torch.equal(model.generate(prompt, max_new_tokens=4, do_sample=False), _no_cache_greedy(model, prompt, 4))
+
+
 def test_streamer_falls_back_and_streams():
     from transformers.generation.streamers import BaseStreamer
 
