@@ -1,18 +1,27 @@
 """Speed benchmark: hybrid_hf against transformers' own Qwen3 with the same shapes, side by side in one run.
 
+Every hybrid_hf ratio is to the fastest transformers row of the same case (and batch) in the same run.
+
 Sections (each writes JSON lines; a Markdown table is rendered at the end):
-  train    train step tokens/s, MFU and peak memory (3:1 SWA-512, 1:1 SWA-128 + NoPE full, GDN hybrid)
+  train    train step tokens/s, MFU and peak memory (3:1 SWA-512, 1:1 SWA-128 + NoPE full, GDN hybrid); baselines:
+           transformers Qwen3 SDPA eager and torch.compile(model); ours eager and compile_layers() (--forced-kernels:
+           also with FlexAttention / flash-attn forced)
   prefill  32k prefill (ours vs Qwen3) and 128k prefill of a ~1B 1:1 SWA-128 hybrid (ours)
-  decode   greedy decode of 128 tokens at 32k context, batch 1 and 16 (ours generate_fast vs Qwen3 generate)
+  decode   greedy decode of 128 tokens at 32k context, batch 1 and 16, all-full and 3:1 SWA-512: Qwen3 generate
+           (dynamic cache; static cache, auto-compiled) built from our weights through hybrid_hf.export vs ours
+           (stock generate at batch 1, generate_fast(compile=True), generate(cache_implementation="static")); bytes per
+           step vs HBM bandwidth; token agreement and logit difference over the first decode steps at batch 1
   kernels  sliding-window attention fwd+bwd: our dispatch vs FlexAttention, W in {128, 512, 2048}, N in {8k, 32k}
 
 Usage (GPU):  python benchmarks/bench_speed.py --out benchmarks/results --sections train prefill decode kernels
-Smoke (CPU):  python benchmarks/bench_speed.py --smoke --out /tmp/bench
-"""
+  one call per decode model kind and batch fits a 600 s limit, e.g.
+              python benchmarks/bench_speed.py --sections decode --decode-models "3:1 SWA-512" --decode-batches 16
+Smoke (CPU):  python benchmarks/bench_speed.py --smoke --out /tmp/bench"""
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -20,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,12 +37,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybrid_hf import HybridConfig, HybridForCausalLM  # noqa: E402
-from hybrid_hf.generation import generate_fast  # noqa: E402
+from hybrid_hf.export import map_state_dict, target_config  # noqa: E402
+from hybrid_hf.generation import fast_path_refusal, generate_fast, release_decode_buffers  # noqa: E402
 from hybrid_hf.modeling.attention_dispatch import available_kernels  # noqa: E402
 from hybrid_hf.modeling.attention_kernels import causal_attention  # noqa: E402
 
 PEAK_FLOPS = 790e12  # bf16 dense matmul measured on the H200 (KINDS.md); the baseline file uses the same
 TRAIN_CASES: list[str] | None = None
+FORCED_KERNELS = False
 RESULTS: list[dict] = []
 OUT: Path | None = None
 SMOKE = False
@@ -146,27 +158,59 @@ def train_flops_per_token(model, layer_types: list[str], window: int | None, seq
 
 
 # ------------------------------------------------------------------------------------------------ train
-def _train_run(name: str, model, layer_types, window, compile_blocks: bool = False) -> None:
+def compile_skip_reason() -> str | None:
+    """Why torch.compile rows are not run here (--smoke on CPU), or None when they are."""
+    if SMOKE and device() == "cpu":
+        return "torch.compile rows are not run in --smoke on CPU"
+    return None
+
+
+def best_transformers(kind: str, case: str, batch: int | None = None) -> dict | None:
+    """The fastest transformers row of ``kind`` for ``case`` (and ``batch``) recorded so far in this run."""
+    rows = [r for r in RESULTS if r.get("kind") == kind and r.get("case") == case and r.get("impl") == "transformers"
+            and r.get("tok_s") and (batch is None or r.get("batch") == batch)]
+    return max(rows, key=lambda r: r["tok_s"]) if rows else None
+
+
+def _vs_best(row: dict, kind: str, batch: int | None = None) -> float | None:
+    best = best_transformers(kind, row["case"], batch)
+    return round(row["tok_s"] / best["tok_s"], 2) if best and row.get("tok_s") else None
+
+
+def _train_run(case: str, variant: str, impl: str, build, layer_types, window, *, compile_blocks: bool = False,
+               compile_model: bool = False) -> None:
+    """One train row; ``build()`` makes the model (after the skip check, so skipped rows cost nothing)."""
+    name = f"{variant} [{case}]"
+    skip = compile_skip_reason() if (compile_blocks or compile_model) else None
+    if skip:
+        emit(kind="train", model=name, case=case, impl=impl, variant=variant, skipped=skip)
+        return
+    t0 = time.time()
     try:
-        _train_case(name, model, layer_types, window, compile_blocks)
+        _train_case(name, case, variant, impl, build(), layer_types, window, compile_blocks, compile_model, t0)
     except Exception as ex:  # one failing case must not hide the others
-        emit(kind="train_error", model=name, error=repr(ex)[:500], tb=traceback.format_exc()[-1500:])
+        emit(kind="train_error", model=name, case=case, impl=impl, error=repr(ex)[:500],
+             tb=traceback.format_exc()[-1500:], row_wall_s=round(time.time() - t0, 1))
+    gc.collect()
     reset_peak()
 
 
-def _train_case(name: str, model, layer_types, window, compile_blocks: bool) -> None:
+def _train_case(name: str, case: str, variant: str, impl: str, model, layer_types, window, compile_blocks: bool,
+                compile_model: bool, t_row: float) -> None:
     s = shapes()
     dev = device()
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     model = model.to(dev, dtype).train()
+    params = list(model.parameters())
     if compile_blocks:
         model.compile_layers()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=dev == "cuda")
+    run_model = torch.compile(model) if compile_model else model  # the whole model, forward and backward
     ids = torch.randint(0, s["vocab"], (s["batch"], s["seq"]), device=dev)
     losses = []
 
     def step():
-        out = model(input_ids=ids, labels=ids)
+        out = run_model(input_ids=ids, labels=ids)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -180,15 +224,20 @@ def _train_case(name: str, model, layer_types, window, compile_blocks: bool) -> 
     t = timeit(step, warmup=1, iters=5 if not SMOKE else 2)
     tok_s = s["batch"] * s["seq"] / t
     six_n, with_attn = train_flops_per_token(model, layer_types, window, s["seq"])
-    emit(kind="train", model=name, tokens=s["batch"] * s["seq"], seq=s["seq"], params_M=round(
-        sum(p.numel() for p in model.parameters()) / 1e6, 1), tok_s=round(tok_s), step_ms=round(t * 1e3, 1),
-        mfu_6N=round(six_n * tok_s / PEAK_FLOPS, 3), mfu_6N_attn=round(with_attn * tok_s / PEAK_FLOPS, 3),
-        flops_per_token=with_attn, first_step_s=round(first_step_s, 1), peak_GiB=peak_gib(),
-        final_loss=round(float(losses[-1]), 4))
+    row = dict(kind="train", model=name, case=case, impl=impl, variant=variant, tokens=s["batch"] * s["seq"],
+               seq=s["seq"], params_M=round(sum(p.numel() for p in params) / 1e6, 1), tok_s=round(tok_s),
+               step_ms=round(t * 1e3, 1), mfu_6N=round(six_n * tok_s / PEAK_FLOPS, 3),
+               mfu_6N_attn=round(with_attn * tok_s / PEAK_FLOPS, 3), flops_per_token=with_attn,
+               first_step_s=round(first_step_s, 1), peak_GiB=peak_gib(), final_loss=round(float(losses[-1]), 4))
+    if impl == "hybrid_hf":  # the baselines of this case ran before (the Markdown recomputes every row's ratio)
+        row["vs_best_transformers"] = _vs_best(row, "train")
+    row["row_wall_s"] = round(time.time() - t_row, 1)
+    emit(**row)
 
 
 def _forced_train_kernels() -> list[str]:
-    """Kernels the train section also forces, to compare with what ``attention_kernel="auto"`` picks."""
+    """Kernels the train section also forces (--forced-kernels), to compare with what ``attention_kernel="auto"``
+    picks."""
     if not torch.cuda.is_available():
         return []
     return [k for k in available_kernels(torch.device("cuda")) if k in ("flex", "flash_attn")]
@@ -207,15 +256,19 @@ def train() -> None:
     for label, lt, w, extra in cases:
         if TRAIN_CASES is not None and label not in TRAIN_CASES:
             continue
-        _train_run(f"transformers Qwen3 sdpa [{label}]", qwen3_model(lt, w), lt, w)
+        # baselines first: every hybrid_hf row's ratio is to the fastest of them
+        _train_run(label, "transformers Qwen3 sdpa", "transformers", partial(qwen3_model, lt, w), lt, w)
+        _train_run(label, "transformers Qwen3 sdpa + torch.compile", "transformers", partial(qwen3_model, lt, w),
+                   lt, w, compile_model=True)
         cfg = ours_config(lt, w, fused_cross_entropy=True, **extra)
-        _train_run(f"hybrid_hf kernels+fusedCE [{label}]", HybridForCausalLM(cfg), lt, w)
-        if not SMOKE:
-            _train_run(f"hybrid_hf kernels+fusedCE+compile [{label}]", HybridForCausalLM(cfg), lt, w, True)
-            for forced in _forced_train_kernels():  # the same with another kernel forced for every attention layer
-                forced_cfg = ours_config(lt, w, fused_cross_entropy=True, attention_kernel=forced, **extra)
-                _train_run(f"hybrid_hf {forced}+fusedCE+compile [{label}]", HybridForCausalLM(forced_cfg), lt, w, True)
-    # GDN hybrid (1:1 with full attention) when the mixer is available
+        _train_run(label, "hybrid_hf kernels+fusedCE", "hybrid_hf", partial(HybridForCausalLM, cfg), lt, w)
+        _train_run(label, "hybrid_hf kernels+fusedCE+compile", "hybrid_hf", partial(HybridForCausalLM, cfg), lt, w,
+                   compile_blocks=True)
+        for forced in _forced_train_kernels() if FORCED_KERNELS else []:  # another kernel forced for every layer
+            forced_cfg = ours_config(lt, w, fused_cross_entropy=True, attention_kernel=forced, **extra)
+            _train_run(label, f"hybrid_hf {forced}+fusedCE+compile", "hybrid_hf",
+                       partial(HybridForCausalLM, forced_cfg), lt, w, compile_blocks=True)
+    # GDN hybrid (1:1 with full attention) when the mixer is available (no transformers model of these shapes)
     if TRAIN_CASES is not None and "1:1 GDN" not in TRAIN_CASES:
         return
     lt = ["linear_attention", "full_attention"] * (n // 2)
@@ -223,9 +276,9 @@ def train() -> None:
         cfg = ours_config(lt, None, fused_cross_entropy=True, linear_attention_type="gated_deltanet")
         model = HybridForCausalLM(cfg)
     except ValueError as err:
-        emit(kind="train", model="hybrid_hf GDN 1:1", skipped=str(err)[:300])
+        emit(kind="train", model="hybrid_hf GDN 1:1", case="1:1 GDN", impl="hybrid_hf", skipped=str(err)[:300])
         return
-    _train_run("hybrid_hf kernels+fusedCE [1:1 GDN]", model, lt, None)
+    _train_run("1:1 GDN", "hybrid_hf kernels+fusedCE", "hybrid_hf", lambda: model, lt, None)
 
 
 # ---------------------------------------------------------------------------------------------- prefill
@@ -277,71 +330,235 @@ def prefill() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- decode
+HBM_BYTES_PER_S = 4.3e12  # HBM bandwidth measured on the H200 (spec sheet: 4.8e12 B/s); the decode roofline's 100%
+DECODE_MODELS = ("all full", "3:1 SWA-512")
+DECODE_ROWS = ("hf-dynamic", "hf-static", "ours-stock", "ours-fast", "ours-static", "check")
+DECODE_BATCHES = [1, 16]
+DECODE_SELECTED: dict = {"models": list(DECODE_MODELS), "batches": DECODE_BATCHES, "rows": list(DECODE_ROWS),
+                         "rounds": 2, "check_steps": 8, "check_ctx": None}
+
+
+def decode_layer_types(label: str) -> tuple[list[str], int | None]:
+    """Layer types and window of a decode model kind."""
+    n = shapes()["layers"]
+    if label == "all full":
+        return ["full_attention"] * n, None
+    return swa_pattern(3, n), shapes()["window"]
+
+
+def qwen3_from(model: HybridForCausalLM):
+    """transformers' Qwen3 holding exactly ``model``'s weights, through the public exporter's config and state-dict
+    mapping (``hybrid_hf.export``), on the model's device and dtype, SDPA attention."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    weight = model.get_input_embeddings().weight
+    cfg = Qwen3Config(**target_config(model.config, "qwen3"))
+    cfg._attn_implementation = "sdpa"
+    with torch.device(weight.device):
+        hf = Qwen3ForCausalLM(cfg)
+    hf = hf.to(weight.dtype).eval()
+    hf.load_state_dict(map_state_dict(model.config, model.state_dict(), "qwen3"), strict=True)
+    return hf
+
+
+def decode_bytes_per_step(model, layer_types: list[str], window: int | None, batch: int, ctx: int) -> int:
+    """Bytes one decode step must read: every parameter once (a tied LM head counted once, as the matmul weight it
+    is; the embedding row read is negligible), the K/V of every full layer at ``ctx`` and of every sliding layer's
+    window, for ``batch`` rows."""
+    weight = model.get_input_embeddings().weight
+    params = sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() yields a tied weight once
+    kv_per_token = 2 * model.config.num_key_value_heads * model.config.head_dim * weight.element_size()
+    keys = sum(ctx if t == "full_attention" else min(window or ctx, ctx) for t in layer_types
+               if t in ("full_attention", "sliding_attention"))
+    return params + batch * keys * kv_per_token
+
+
+def _roofline(bytes_per_step: int, tok_s: float, batch: int) -> dict:
+    step_s = batch / tok_s  # one step produces one token per row
+    achieved = bytes_per_step / step_s
+    return dict(bytes_per_step=bytes_per_step, step_ms=round(step_s * 1e3, 3), achieved_TBps=round(achieved / 1e12, 3),
+                roofline_pct=round(100 * achieved / HBM_BYTES_PER_S, 1))
+
+
+def _time_generate(gen, new: int, rounds: int, same_warmup: bool) -> tuple[torch.Tensor, dict]:
+    """Decode time of ``new`` tokens: ``gen(n)`` (prompt + n tokens) after an untimed warm-up call (identical
+    arguments when ``same_warmup``: it compiles and captures), as min over rounds of ``gen(new + 1)`` minus min over
+    rounds of ``gen(1)`` (the prefill and its first token)."""
+    sync()
+    t0 = time.perf_counter()
+    gen(new + 1 if same_warmup else 2)
+    sync()
+    first = time.perf_counter() - t0
+    prefill, total, out = [], [], None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        gen(1)
+        sync()
+        prefill.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = gen(new + 1)
+        sync()
+        total.append(time.perf_counter() - t0)
+    decode_s = min(total) - min(prefill)  # <= 0 only when timing noise exceeds the decode (tiny --smoke shapes)
+    return out, dict(first_call_s=round(first, 1), prefill_s=round(min(prefill), 3), total_s=round(min(total), 3),
+                     decode_s=decode_s)
+
+
+def _decode_row(case: str, variant: str, impl: str, batch: int, ids: torch.Tensor, gen, bytes_per_step: int, *,
+                same_warmup: bool, reference: torch.Tensor | None = None, note: str | None = None
+                ) -> torch.Tensor | None:
+    """One decode row; returns its generated tokens (B, new + 1) on the CPU, or None when it failed."""
+    s = shapes()
+    name = f"{variant} [{case}]"
+    common = dict(kind="decode", model=name, case=case, impl=impl, variant=variant, batch=batch, ctx=ids.shape[1],
+                  new=s["new"])
+    if note:
+        common["note"] = note
+    t_row = time.time()
+    try:
+        reset_peak()
+        resident = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+        out, times = _time_generate(gen, s["new"], DECODE_SELECTED["rounds"] if not SMOKE else 1, same_warmup)
+        tokens = out[:, ids.shape[1]:].cpu()
+        decode_s = times.pop("decode_s")
+        row = dict(common, **times, peak_GiB=peak_gib(), resident_GiB_at_start=round(resident, 2),
+                   generated=tokens.shape[1])
+        if decode_s > 0:
+            tok_s = batch * s["new"] / decode_s
+            row.update(tok_s=round(tok_s, 1), **_roofline(bytes_per_step, tok_s, batch))
+        else:
+            row.update(tok_s=None, timing="decode time below the prefill's timing noise")
+        if reference is not None and reference.shape == tokens.shape:
+            row["agreement_vs_hf_dynamic"] = round(float((tokens == reference).float().mean()), 3)
+        if impl == "hybrid_hf":  # the baselines of this case and batch ran before (the Markdown recomputes all)
+            row["vs_best_transformers"] = _vs_best(row, "decode", batch)
+        row["row_wall_s"] = round(time.time() - t_row, 1)
+        emit(**row)
+        return tokens
+    except Exception as ex:  # one failing row must not hide the others
+        emit(**dict(common, kind="decode_error"), error=repr(ex)[:500], tb=traceback.format_exc()[-1500:],
+             row_wall_s=round(time.time() - t_row, 1))
+        return None
+
+
+def _hf_generate(hf, ids: torch.Tensor, n: int, **kw) -> torch.Tensor:
+    with torch.no_grad():
+        return hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, **kw)
+
+
+def _ours_generate(model: HybridForCausalLM, ids: torch.Tensor, n: int, **kw) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=n, do_sample=False, **kw)
+
+
+def _route(model: HybridForCausalLM, ids: torch.Tensor, **kw) -> str:
+    """Where ``model.generate`` sends the row's call: ``generate_fast`` or transformers' loop (and why)."""
+    reason = fast_path_refusal(model, ids, max_new_tokens=shapes()["new"] + 1, do_sample=False, **kw)
+    return "routed to generate_fast" if reason is None else f"transformers loop: {reason}"
+
+
+def _check_row(case: str, hf_ref: tuple[torch.Tensor, torch.Tensor] | None, ours, ids: torch.Tensor,
+               fast: dict) -> None:
+    """Greedy tokens and step logits of ours ``generate_fast`` vs transformers ``generate`` (same weights)."""
+    steps = DECODE_SELECTED["check_steps"]
+    if hf_ref is None:
+        emit(kind="decode_check", case=case, error="no transformers reference (its generate failed or was not run)")
+        return
+    try:
+        out, logits = generate_fast(ours, ids, steps, return_logits=True, **fast)
+        tokens, logits = out[:, ids.shape[1]:].cpu(), logits.float().cpu()
+        ref_tokens, ref_logits = hf_ref
+        same = (tokens == ref_tokens)[0]
+        first_div = int((~same).nonzero()[0]) if not bool(same.all()) else steps
+        compared = min(first_div + 1, steps)  # step i's logits see the tokens before i: equal up to the divergence
+        diff = (logits[:, :compared] - ref_logits[:, :compared]).abs()
+        emit(kind="decode_check", case=case, ctx=ids.shape[1], batch=ids.shape[0], steps=steps,
+             token_agreement=round(float(same.float().mean()), 3), first_divergence=first_div if first_div < steps
+             else None, steps_compared=compared, max_abs_logit_diff=float(diff.max()),
+             mean_abs_logit_diff=float(diff.mean()),
+             max_abs_logit=round(float(ref_logits[:, :compared].abs().max()), 3),
+             ours=f"generate_fast(compile={fast['compile']}, return_logits=True)",
+             baseline="transformers Qwen3 generate(output_logits=True, return_dict_in_generate=True), dynamic cache")
+    except Exception as ex:
+        emit(kind="decode_check", case=case, error=repr(ex)[:500], tb=traceback.format_exc()[-1500:])
+
+
 @section
 def decode() -> None:
     s = shapes()
     dev, dtype = device(), (torch.bfloat16 if device() == "cuda" else torch.float32)
-    n, new, ctx = s["layers"], s["new"], s["ctx"]
-    for label, lt, batch in (
-        ("all full", ["full_attention"] * n, 1),
-        ("3:1 SWA-512", swa_pattern(3, n), 1),
-        ("3:1 SWA-512", swa_pattern(3, n), 16 if not SMOKE else 2),
-    ):
-        w = s["window"] if "SWA" in label else None
+    ctx, rows = s["ctx"], DECODE_SELECTED["rows"]
+    batches = [b if not SMOKE else min(b, 2) for b in DECODE_SELECTED["batches"]]
+    no_compile = compile_skip_reason() or ("no torch.compile on CPU" if dev == "cpu" else None)
+    fast = {"compile": no_compile is None}  # compiled decoder layers inside the CUDA graph
+    check_ctx = min(DECODE_SELECTED["check_ctx"] or ctx, ctx)
+    for case in DECODE_SELECTED["models"]:
+        lt, w = decode_layer_types(case)
         torch.manual_seed(0)
-        ids = torch.randint(0, s["vocab"], (batch, ctx), device=dev)
-        hf = qwen3_model(lt, w).to(dev, dtype).eval()
-        with torch.no_grad():
-            reset_peak()
-            sync()
-            t0 = time.perf_counter()
-            hf.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
-            sync()
-            t_prefill = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            hf_out = hf.generate(ids, max_new_tokens=new + 1, min_new_tokens=new + 1, do_sample=False)
-            sync()
-            t_all = time.perf_counter() - t0
-        hf_tok_s = batch * new / max(t_all - t_prefill, 1e-6)
-        emit(kind="decode", model=f"transformers Qwen3 generate [{label}]", batch=batch, ctx=ctx, new=new,
-             tok_s=round(hf_tok_s, 1), prefill_s=round(t_prefill, 3), peak_GiB=peak_gib())
-        with torch.no_grad():
-            hf_probe_logits = hf(ids[:1, -2048:], use_cache=False, logits_to_keep=1).logits.float()
-        state = hf.state_dict()
+        with torch.device(dev):
+            ours = HybridForCausalLM(ours_config(lt, w))
+        ours = ours.to(dtype).eval()
+        prompts = {}
+        for b in batches:
+            torch.manual_seed(b)
+            prompts[b] = torch.randint(0, s["vocab"], (b, ctx), device=dev)
+        check_ids = prompts[1][:, ctx - check_ctx:] if 1 in batches and "check" in rows else None
+        bytes_of = {b: decode_bytes_per_step(ours, lt, w, b, ctx) for b in batches}
+        hf = qwen3_from(ours)  # the same weights; ours waits on the CPU while transformers runs alone on the GPU
+        ours.to("cpu")
+        reset_peak()
+        ref: dict[int, torch.Tensor | None] = {}
+        hf_check = None
+        if "hf-dynamic" in rows:
+            for b in batches:
+                ref[b] = _decode_row(case, "transformers Qwen3 generate (dynamic cache)", "transformers", b,
+                                     prompts[b], partial(_hf_generate, hf, prompts[b]), bytes_of[b],
+                                     same_warmup=False)
+        if check_ids is not None:
+            try:
+                with torch.no_grad():
+                    o = hf.generate(check_ids, max_new_tokens=DECODE_SELECTED["check_steps"],
+                                    min_new_tokens=DECODE_SELECTED["check_steps"], do_sample=False,
+                                    output_logits=True, return_dict_in_generate=True)
+                hf_check = (o.sequences[:, check_ids.shape[1]:].cpu(), torch.stack(o.logits, 1).float().cpu())
+            except Exception as ex:
+                emit(kind="decode_check", case=case, error=f"transformers generate: {ex!r}"[:500],
+                     tb=traceback.format_exc()[-1500:])
+        if "hf-static" in rows:
+            note = None if dev == "cuda" else "transformers compiles the static-cache decode only on an accelerator"
+            for b in batches:
+                _decode_row(case, 'transformers Qwen3 generate (cache_implementation="static", auto-compiled)',
+                            "transformers", b, prompts[b],
+                            partial(_hf_generate, hf, prompts[b], cache_implementation="static"), bytes_of[b],
+                            same_warmup=True, reference=ref.get(b), note=note)
         del hf
+        gc.collect()
+        torch.compiler.reset()  # drops transformers' compiled decode and its CUDA-graph pools before our rows
         reset_peak()
-        ours = HybridForCausalLM(ours_config(lt, w)).to(dev, dtype).eval()
-        missing = ours.load_state_dict(state, strict=False)  # same weights: identical parameter names
-        fast = {"compile": dev == "cuda"}  # compiled decoder layers inside the CUDA graph
-        t0 = time.perf_counter()
-        generate_fast(ours, ids, 4, **fast)  # first call: compiles, captures the decode graph (kept for these shapes)
-        sync()
-        first_call_s = time.perf_counter() - t0
-        reset_peak()
-        sync()
-        t0 = time.perf_counter()
-        generate_fast(ours, ids, 1, **fast)
-        sync()
-        t_prefill = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = generate_fast(ours, ids, new + 1, **fast)
-        sync()
-        t_all = time.perf_counter() - t0
-        tok_s = batch * new / max(t_all - t_prefill, 1e-6)
-        agree = float((out[:, ctx:] == hf_out[:, ctx:]).float().mean())
-        with torch.no_grad():
-            probe = ids[:1, -2048:]
-            ours_logits = ours(probe, use_cache=False, logits_to_keep=1).logits.float()
-            hf_logits = hf_probe_logits[:1]
-        logit_diff = float((ours_logits - hf_logits).abs().max())
-        emit(kind="decode", model=f"hybrid_hf generate_fast(compile)+cudagraph [{label}]", batch=batch, ctx=ctx,
-             new=new,
-             tok_s=round(tok_s, 1), speedup_vs_hf=round(tok_s / hf_tok_s, 1), prefill_s=round(t_prefill, 3),
-             first_call_s=round(first_call_s, 1),
-             peak_GiB=peak_gib(), greedy_token_agreement_with_hf=round(agree, 3),
-             max_logit_diff_vs_hf_2k_prompt=round(logit_diff, 4),
-             unmatched_keys=len(missing.missing_keys) + len(missing.unexpected_keys))
+        ours.to(dev)
+        for b in batches:
+            ids = prompts[b]
+            if "ours-stock" in rows and b == 1:
+                _decode_row(case, 'hybrid_hf generate (cache_implementation="dynamic", stock loop)', "hybrid_hf", b,
+                            ids, partial(_ours_generate, ours, ids, cache_implementation="dynamic"), bytes_of[b],
+                            same_warmup=False, reference=ref.get(b),
+                            note=_route(ours, ids, cache_implementation="dynamic"))
+            if "ours-fast" in rows:
+                _decode_row(case, f"hybrid_hf generate_fast(compile={fast['compile']})", "hybrid_hf", b, ids,
+                            partial(generate_fast, ours, ids, **fast), bytes_of[b], same_warmup=True,
+                            reference=ref.get(b), note=no_compile)
+            if "check" in rows and b == 1 and check_ids is not None:
+                _check_row(case, hf_check, ours, check_ids, fast)
+            if "ours-static" in rows:
+                _decode_row(case, 'hybrid_hf generate (cache_implementation="static")', "hybrid_hf", b, ids,
+                            partial(_ours_generate, ours, ids, cache_implementation="static"), bytes_of[b],
+                            same_warmup=True, reference=ref.get(b),
+                            note=_route(ours, ids, cache_implementation="static")
+                            + ("" if dev == "cuda" else "; the routed path compiles only on CUDA"))
+        release_decode_buffers(ours)
         del ours
+        gc.collect()
+        reset_peak()
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -417,18 +634,36 @@ def environment() -> dict:
     return env
 
 
+def _ratio(row: dict, kind: str) -> str:
+    """``row``'s tokens/s over the fastest transformers row of its case (and batch) in this run's results."""
+    best = best_transformers(kind, row.get("case"), row.get("batch") if kind == "decode" else None)
+    return f"{row['tok_s'] / best['tok_s']:.2f}" if best and row.get("tok_s") else ""
+
+
 def markdown(env: dict) -> str:
-    lines = ["# hybrid_hf speed benchmark", "", "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), ""]
+    lines = ["# hybrid_hf speed benchmark", "", f"Command: `python {' '.join(sys.argv)}`", "",
+             "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items() if k != "command"), ""]
     rows = [r for r in RESULTS if r.get("kind") == "train"]
     if rows:
-        lines += ["## Train step (bf16, AdamW fused)", "", "| model | tokens/step | tok/s | MFU 6N | MFU 6N+attn |"
-                  " peak GiB | first step s |", "|---|---|---|---|---|---|---|"]
+        lines += ["## Train step (bf16, AdamW fused)", "",
+                  "Ratio: tokens/s over the fastest transformers row of the same case in this run "
+                  "(eager SDPA or `torch.compile(model)`).", "",
+                  "| case | model | tokens/step | tok/s | / best transformers | MFU 6N | MFU 6N+attn | peak GiB |"
+                  " first step s | row wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if "skipped" in r:
-                lines.append(f"| {r['model']} | skipped: {r['skipped']} | | | | | |")
+                lines.append(f"| {r.get('case', '')} | {r['model']} | skipped: {r['skipped']} | | | | | | | |")
             else:
-                lines.append(f"| {r['model']} | {r['tokens']} | {r['tok_s']} | {r['mfu_6N']} | {r['mfu_6N_attn']} |"
-                             f" {r['peak_GiB']} | {r['first_step_s']} |")
+                lines.append(f"| {r.get('case', '')} | {r['model']} | {r['tokens']} | {r['tok_s']} |"
+                             f" {_ratio(r, 'train')} | {r['mfu_6N']} | {r['mfu_6N_attn']} | {r['peak_GiB']} |"
+                             f" {r['first_step_s']} | {r.get('row_wall_s', '')} |")
+        for case in dict.fromkeys(r.get("case") for r in rows):
+            best = best_transformers("train", case)
+            ours = [r for r in rows if r.get("case") == case and r.get("impl") == "hybrid_hf" and r.get("tok_s")]
+            if best and ours:
+                top = max(ours, key=lambda r: r["tok_s"])
+                lines.append(f"- {case}: best hybrid_hf / best transformers = {top['tok_s']} / {best['tok_s']} = "
+                             f"**{top['tok_s'] / best['tok_s']:.2f}×** ({top['variant']} vs {best['variant']})")
         lines.append("")
     rows = [r for r in RESULTS if r.get("kind") == "prefill"]
     if rows:
@@ -437,10 +672,54 @@ def markdown(env: dict) -> str:
         lines.append("")
     rows = [r for r in RESULTS if r.get("kind") == "decode"]
     if rows:
-        lines += ["## Decode (greedy, 128 new tokens)", "", "| model | batch | context | tok/s | speed-up | peak GiB |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['batch']} | {r['ctx']} | {r['tok_s']} | {r.get('speedup_vs_hf', '')} |"
-                  f" {r['peak_GiB']} |" for r in rows]
+        order = {c: i for i, c in enumerate(DECODE_MODELS)}
+        rows = sorted(rows, key=lambda r: (order.get(r["case"], len(order)), r["batch"]))  # stable: run order kept
+        new = rows[0]["new"]
+        lines += [f"## Decode (greedy, {new} new tokens after the prompt)", "",
+                  "tok/s = batch × new tokens / (time of generate(new + 1) − time of generate(1)), minimum over "
+                  "rounds, after an untimed warm-up call (identical arguments for compiled paths, which compile and "
+                  "capture there). Ratio: over the fastest transformers `generate` of the same case and batch. "
+                  f"Roofline: bytes a step must read (all weights once + full-layer K/V at the context + sliding "
+                  f"windows) / time per step, as % of {HBM_BYTES_PER_S / 1e12:.1f} TB/s. Agreement: greedy tokens "
+                  "equal to transformers' dynamic-cache generate (same weights).", "",
+                  "| case | batch | context | model | tok/s | / best transformers | ms/step | GB/step | TB/s |"
+                  " roofline % | agreement | peak GiB | first call s | row wall s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            head = f"| {r['case']} | {r['batch']} | {r['ctx']} | {r['model']}"
+            if "skipped" in r:
+                lines.append(f"{head} | skipped: {r['skipped']} | | | | | | | | | |")
+                continue
+            note = f" ({r['note']})" if r.get("note") else ""
+            if r.get("tok_s") is None:
+                lines.append(f"{head}{note} | n/a: {r.get('timing', '')} | | | | | | {r.get('agreement_vs_hf_dynamic', '')}"
+                             f" | {r['peak_GiB']} | {r['first_call_s']} | {r.get('row_wall_s', '')} |")
+                continue
+            lines.append(f"{head}{note} | {r['tok_s']} | {_ratio(r, 'decode')} | {r['step_ms']} |"
+                         f" {r['bytes_per_step'] / 1e9:.3f} | {r['achieved_TBps']} | {r['roofline_pct']} |"
+                         f" {r.get('agreement_vs_hf_dynamic', '')} | {r['peak_GiB']} | {r['first_call_s']} |"
+                         f" {r.get('row_wall_s', '')} |")
+        for case, batch in dict.fromkeys((r["case"], r["batch"]) for r in rows):
+            best = best_transformers("decode", case, batch)
+            ours = [r for r in rows if (r["case"], r["batch"]) == (case, batch) and r["impl"] == "hybrid_hf"
+                    and r.get("tok_s")]
+            if best and ours:
+                top = max(ours, key=lambda r: r["tok_s"])
+                lines.append(f"- {case}, batch {batch}: best hybrid_hf / best transformers = {top['tok_s']} / "
+                             f"{best['tok_s']} tok/s = **{top['tok_s'] / best['tok_s']:.2f}×** ({top['variant']} vs "
+                             f"{best['variant']})")
+        lines.append("")
+    rows = [r for r in RESULTS if r.get("kind") == "decode_check" and "error" not in r]
+    if rows:
+        lines += ["## Decode agreement with transformers (same weights, batch 1)", "",
+                  "Ours `generate_fast(..., return_logits=True)` vs transformers Qwen3 `generate(output_logits=True)` "
+                  "built from our weights with `hybrid_hf.export` (target qwen3). Logits are compared over the steps "
+                  "whose inputs are still equal (up to and including the first divergent token).", "",
+                  "| case | context | steps | token agreement | first divergence | steps compared | max abs logit diff |"
+                  " mean abs logit diff | max abs logit |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['case']} | {r['ctx']} | {r['steps']} | {r['token_agreement']} |"
+                  f" {'' if r['first_divergence'] is None else r['first_divergence']} | {r['steps_compared']} |"
+                  f" {r['max_abs_logit_diff']:.3g} | {r['mean_abs_logit_diff']:.3g} | {r['max_abs_logit']} |" for r in rows]
         lines.append("")
     rows = [r for r in RESULTS if r.get("kind") == "swa_kernel_fwdbwd" and "skipped" not in r]
     if rows:
@@ -449,14 +728,18 @@ def markdown(env: dict) -> str:
         lines += [f"| {r['N']} | {r['W']} | {r.get('ours_kernel', '')} | {r['flex_ms']} | {r['ours_ms']} | {r['ratio']} |"
                   f" {r['maxdiff']} |" for r in rows]
         lines.append("")
+    walls = [r for r in RESULTS if "section" in r and "wall_s" in r]
+    if walls:
+        lines += ["Section wall times: " + ", ".join(f"{r['section']} {r['wall_s']} s" for r in walls), ""]
     errors = [r for r in RESULTS if "error" in r]
     if errors:
-        lines += ["## Errors", ""] + [f"- {r.get('section') or r.get('model')}: {r['error']}" for r in errors]
+        lines += ["## Errors", ""] + [f"- {r.get('section') or r.get('model') or r.get('case')}: {r['error']}"
+                                      for r in errors]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    global OUT, SMOKE, TRAIN_CASES
+    global OUT, SMOKE, TRAIN_CASES, FORCED_KERNELS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default: $OUT, else benchmarks/results; --smoke: a temporary folder)")
@@ -466,8 +749,28 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result file names")
     parser.add_argument("--train-cases", nargs="+", choices=["3:1 SWA-512", "1:1 SWA-128 NoPE-full", "1:1 GDN"],
                         help="train section: run only these cases (default: all)")
+    parser.add_argument("--forced-kernels", action="store_true",
+                        help="train section: also run hybrid_hf with each other available attention kernel forced "
+                             "(flex, flash_attn) + compile (off by default: it costs a compile per kernel and case)")
+    parser.add_argument("--decode-models", nargs="+", choices=DECODE_MODELS, default=list(DECODE_MODELS),
+                        help="decode section: model kinds (default: all)")
+    parser.add_argument("--decode-batches", nargs="+", type=int, default=DECODE_BATCHES,
+                        help="decode section: batch sizes (default: 1 16; the agreement check needs 1)")
+    parser.add_argument("--decode-rows", nargs="+", choices=DECODE_ROWS, default=list(DECODE_ROWS),
+                        help="decode section: which rows (default: all; ours-stock runs at batch 1 only, check is "
+                             "the batch-1 agreement/logit check)")
+    parser.add_argument("--decode-rounds", type=int, default=2,
+                        help="decode section: timed rounds per row, minimum taken (default: 2)")
+    parser.add_argument("--check-steps", type=int, default=8, help="decode check: greedy steps compared (default: 8)")
+    parser.add_argument("--check-ctx", type=int, default=None,
+                        help="decode check: prompt length (default: the decode context; the last tokens of the "
+                             "batch-1 prompt)")
     args = parser.parse_args()
-    OUT, SMOKE, TRAIN_CASES = args.out, args.smoke, args.train_cases
+    OUT, SMOKE, TRAIN_CASES, FORCED_KERNELS = args.out, args.smoke, args.train_cases, args.forced_kernels
+    if min(args.decode_batches) < 1 or args.decode_rounds < 1 or args.check_steps < 1:
+        parser.error("--decode-batches, --decode-rounds and --check-steps must be positive")
+    DECODE_SELECTED.update(models=args.decode_models, batches=args.decode_batches, rows=args.decode_rows,
+                           rounds=args.decode_rounds, check_steps=args.check_steps, check_ctx=args.check_ctx)
     if OUT is None:
         OUT = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if SMOKE else Path(os.environ.get("OUT", "benchmarks/results"))
     OUT.mkdir(parents=True, exist_ok=True)
