@@ -243,6 +243,8 @@ def _generate(model: HybridForCausalLM, input_ids: torch.Tensor, max_new_tokens:
     if state.fused_weights is None:
         state.fused_weights = fused_decode_weights(model)
     dtype = model.get_input_embeddings().weight.dtype
+    if torch.is_autocast_enabled(device.type):  # keys/values come out of autocast projections in its dtype
+        dtype = torch.get_autocast_dtype(device.type)
     session = _session(state, model, layers, batch, prompt_len + max_new_tokens, device, dtype)
     cache = session.cache
 

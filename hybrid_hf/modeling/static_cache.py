@@ -191,6 +191,8 @@ class HybridStaticCache(Cache):
         prefill chunk the cached prefix (window) followed by the chunk."""
         layer = self.layers[layer_idx]
         n = key_states.shape[2]
+        # under autocast the projections may come out in another dtype than the buffers
+        key_states, value_states = key_states.to(layer.keys.dtype), value_states.to(layer.values.dtype)
         if n == 1:
             layer.write(key_states, value_states, self.position.reshape(1))
             if layer_idx == self._last_attention_layer:

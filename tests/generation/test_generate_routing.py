@@ -141,6 +141,15 @@ def test_routed_output_is_a_normal_tensor_and_the_mode_is_kept():
     assert model.training
 
 
+def test_routed_generate_under_autocast_matches_the_stock_loop():
+    model = tiny_model("SF")
+    prompt = torch.randint(3, 128, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        routed = model.generate(prompt, max_new_tokens=6, do_sample=False)
+        stock = model.generate(prompt, max_new_tokens=6, do_sample=False, cache_implementation="dynamic")
+    assert torch.equal(routed, stock)
+
+
 def test_lora_adapters_are_used_on_the_fast_path():
     peft = pytest.importorskip("peft")
     model = tiny_model("SF")
