@@ -30,6 +30,7 @@ def test_routed_greedy_equals_stock_loop_and_no_cache_reference(pattern, mixer):
     assert routed.shape == (2, 20)
     assert torch.equal(routed, stock)
     assert torch.equal(routed, _no_cache_greedy(model, prompt, 9))
+    assert torch.equal(routed, generate_fast(model, prompt, 9))
     if "L" not in pattern:  # attention-only models keep the fast path's static cache: the call went there
         assert decode_cache(model) is not None
         release_decode_buffers(model)
