@@ -8,6 +8,7 @@ in the model package so that Hub remote code gets the fast path too; ``hybrid_hf
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -340,8 +341,6 @@ def _empty(value: Any) -> bool:
 
 def _read_call(model: HybridForCausalLM, inputs: torch.Tensor | None, generation_config: Any,
                kwargs: dict[str, Any]) -> _Routing:
-    import copy
-
     for name in _STOCK_ONLY_ARGUMENTS:
         if not _empty(kwargs.get(name)):
             return _Routing(f"`{name}` was given")
