@@ -10,6 +10,8 @@ from ..modeling.fast_generation import (
     fused_decode_weights,
     generate_fast,
     release_decode_buffers,
+    reset_fallback_log,
 )
 
-__all__ = ["decode_cache", "fast_path_refusal", "fused_decode_weights", "generate_fast", "release_decode_buffers"]
+__all__ = ["decode_cache", "fast_path_refusal", "fused_decode_weights", "generate_fast", "release_decode_buffers",
+           "reset_fallback_log"]

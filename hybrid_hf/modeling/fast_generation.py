@@ -394,6 +394,11 @@ def _read_call(model: HybridForCausalLM, inputs: torch.Tensor | None, generation
     return _Routing(None, input_ids, dict(options, max_new_tokens=new))
 
 
+def reset_fallback_log() -> None:
+    """Let the next fallback of every reason log its info line again (each is logged once per process)."""
+    _logged_reasons.clear()
+
+
 def fast_path_refusal(model: HybridForCausalLM, inputs: torch.Tensor | None = None, generation_config: Any = None,
                       **kwargs: Any) -> str | None:
     """Why ``model.generate(inputs, generation_config, **kwargs)`` would run transformers' own loop instead of

@@ -7,7 +7,13 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from hybrid_hf.generation import decode_cache, fast_path_refusal, generate_fast, release_decode_buffers
+from hybrid_hf.generation import (
+    decode_cache,
+    fast_path_refusal,
+    generate_fast,
+    release_decode_buffers,
+    reset_fallback_log,
+)
 from hybrid_hf.modeling import fast_generation
 
 
@@ -98,7 +104,7 @@ def test_calls_the_fast_path_cannot_serve_fall_back_with_one_log_per_reason(call
     assert refusal is not None and reason in refusal
     messages: list[str] = []
     monkeypatch.setattr(fast_generation.logger, "info", messages.append)
-    monkeypatch.setattr(fast_generation, "_logged_reasons", set())
+    reset_fallback_log()
     first = model.generate(prompt, max_new_tokens=5, do_sample=False, **call)
     model.generate(prompt, max_new_tokens=5, do_sample=False, **call)
     assert len(messages) == 1 and refusal in messages[0]
