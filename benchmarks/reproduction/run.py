@@ -7,6 +7,9 @@ data: ``hybrid_hf.data.mixture`` and ``hybrid_hf.data.docstrings``).
   python benchmarks/reproduction/run.py all --out $OUT --seeds 0 1 2 3 --size d256 --steps 1500 --budget-s 500
   python benchmarks/reproduction/run.py report --out DIR --runs CALL1 CALL2 ...     # combine returned runs
 
+``--answer-weight W`` (pilot, all, train) weighs the needle answers' tokens W-fold in the training loss (a deviation
+from the paper's plain LM loss, applied to every arm; see ``hybrid_hf.reproduction.study``).
+
 ``all`` prepares the data once (docstring prose of the installed Python code, held-out split, tokenizer), then
 trains every (arm, seed) as its own process on the one GPU, concurrently, and writes OUT/runs.jsonl (raw per-seed
 results), OUT/environment.json, OUT/log.jsonl and (if scipy and matplotlib are installed) the report. Every call is
@@ -27,7 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from hybrid_hf.reproduction import ARMS, MODEL_SIZES, load_runs, prepare, run_arm, settings_for, write_report  # noqa: E402
+from hybrid_hf.reproduction import (  # noqa: E402
+    ARMS,
+    MODEL_SIZES,
+    load_runs,
+    loss_statement,
+    prepare,
+    run_arm,
+    settings_for,
+    write_report,
+)
 
 DEFAULT_ARMS = ("full", "swa128", "swa512", "swa2048", "swa128-nope")
 
@@ -56,7 +68,7 @@ def environment() -> dict:
 
 def overrides(args) -> dict:
     return {"size": args.size, "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
-            "eval_every": args.eval_every, "lr": args.lr}
+            "eval_every": args.eval_every, "lr": args.lr, "answer_weight": args.answer_weight}
 
 
 def launch(args, jobs: list[tuple[str, str, int]], work: Path, out: Path, deadline: float) -> dict:
@@ -67,7 +79,7 @@ def launch(args, jobs: list[tuple[str, str, int]], work: Path, out: Path, deadli
         cmd = [sys.executable, __file__, "train", "--arm", arm, "--seed", str(seed), "--work", str(work),
                "--profile", args.profile, "--size", size, "--result", str(work / "results" / f"{size}-{arm}-{seed}.json"),
                "--deadline", str(deadline), "--log", str(out / "log.jsonl")]
-        for flag in ("steps", "batch", "seq_len", "eval_every", "lr"):
+        for flag in ("steps", "batch", "seq_len", "eval_every", "lr", "answer_weight"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         if args.checkpoint_dir:
@@ -113,6 +125,19 @@ def cmd_all(args, pilot: bool = False) -> None:
         print(f"report skipped ({exc}); rebuild with: run.py report --runs {out}", flush=True)
 
 
+def answer_losses(r: dict) -> dict:
+    """First- and last-checkpoint answer losses of a run: on the NIAH prompts (mean nats per answer token) and in
+    the farthest distance bin that has answers at the last checkpoint (``None`` where a record lacks them)."""
+    first, last = r["curve"][0], r["curve"][-1]
+    by_dist = last.get("answer_loss_by_distance") or {}
+    seen = [int(k) for k, v in by_dist.items() if v is not None]
+    far = str(max(seen)) if seen else None
+    return {"niah_answer_loss_first": first["niah"].get("answer_loss"),
+            "niah_answer_loss_last": last["niah"].get("answer_loss"), "far_bin": far,
+            "far_answer_loss_first": (first.get("answer_loss_by_distance") or {}).get(far) if far else None,
+            "far_answer_loss_last": by_dist.get(far) if far else None}
+
+
 def write_pilot(out: Path, runs: list[dict], n_procs: int) -> None:
     """Per size: steps/s per process, full-attention emergence, and the steps a main run of 25 processes (5 arms x
     5 seeds... scaled by process count) would reach in 400 s of training, assuming the GPU is shared evenly."""
@@ -128,17 +153,27 @@ def write_pilot(out: Path, runs: list[dict], n_procs: int) -> None:
         row["runs"].append({"arm": r["arm"], "seed": r["seed"], "steps": r["steps_done"],
                             "steps_per_s": r["steps_done"] / max(r["train_s"] + r["eval_s"], 1e-9),
                             "emergence_niah": e, "final_niah": c[-1]["niah"]["acc"], "eval_share":
-                            r["eval_s"] / max(r["train_s"] + r["eval_s"], 1e-9)})
+                            r["eval_s"] / max(r["train_s"] + r["eval_s"], 1e-9), **answer_losses(r)})
     lines = ["# Pilot: which size learns retrieval reliably, and how many steps fit", "",
              f"{n_procs} processes ran concurrently. Projection: a main call with P processes gets about "
-             f"{n_procs}/P of a pilot process's speed (GPU shared evenly).", "",
-             "| size | arm | seed | steps | steps/s | first step NIAH >= 0.5 | final NIAH | eval share |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{n_procs}/P of a pilot process's speed (GPU shared evenly). {loss_statement(runs)}", "",
+             "Answer losses (nats per answer token, step 0 -> last checkpoint) show how close a run got when NIAH "
+             "stays low: on the held-out NIAH prompts, and on held-out long documents for the farthest "
+             "needle-to-answer distance bin (upper edge in tokens).", "",
+             "| size | arm | seed | steps | steps/s | first step NIAH >= 0.5 | final NIAH | NIAH answer loss | "
+             "far answer loss (bin) | eval share |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pair(a, b) -> str:
+        return "-" if a is None or b is None else f"{a:.2f} -> {b:.2f}"
+
     for size, row in rows.items():
         for x in sorted(row["runs"], key=lambda x: (x["arm"], x["seed"])):
             lines.append(f"| {size} | {x['arm']} | {x['seed']} | {x['steps']} | {x['steps_per_s']:.2f} | "
                          f"{'never' if x['emergence_niah'] is None else round(x['emergence_niah'])} | "
-                         f"{x['final_niah']:.2f} | {x['eval_share']:.0%} |")
+                         f"{x['final_niah']:.2f} | {pair(x['niah_answer_loss_first'], x['niah_answer_loss_last'])} | "
+                         f"{pair(x['far_answer_loss_first'], x['far_answer_loss_last'])} ({x['far_bin'] or '-'}) | "
+                         f"{x['eval_share']:.0%} |")
     lines += ["", "| size | non-emb params (full) | full: all seeds reached | slowest full emergence | projected steps "
               "per run in 400 s with 20 / 25 processes |", "|---|---|---|---|---|"]
     for size, row in rows.items():
@@ -193,6 +228,9 @@ def main() -> None:
     p.add_argument("--seq-len", type=int)
     p.add_argument("--eval-every", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--answer-weight", type=float,
+                   help="loss weight of the needle answers' tokens (default: the profile's, 1 = the paper's plain LM "
+                        "loss; > 1 is a deviation from the paper, recorded in every run and in the report)")
     p.add_argument("--budget-s", type=float, default=500.0, help="wall seconds for the whole call (all, pilot)")
     p.add_argument("--checkpoint-dir", help="all: per-run checkpoints here, resumed when present")
     p.add_argument("--runs", nargs="+", help="report: run result files or folders (runs.jsonl, *.json)")

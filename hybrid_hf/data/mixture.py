@@ -120,9 +120,30 @@ class NeedleMixture:
                 ids += answer
         return ids + hay[last:], answers
 
+    def rows(self, step: int, batch_size: int) -> list[tuple[list[int], list[tuple[int, int, int]]]]:
+        """The rows of ``batch(step, batch_size)`` with their answer spans (``long_document``'s; none for short
+        documents). A pure function of ``(seed, step, batch_size)``."""
+        rng = np.random.default_rng([self.seed, step])
+        return [self.long_document(rng) if self.needles and rng.random() < self.long_fraction
+                else (self._haystack(rng, self.seq_len), []) for _ in range(batch_size)]
+
     def batch(self, step: int, batch_size: int) -> torch.Tensor:
         """(batch_size, seq_len) int64 token ids for training step ``step``."""
-        rng = np.random.default_rng([self.seed, step])
-        rows = [self.long_document(rng)[0] if self.needles and rng.random() < self.long_fraction
-                else self._haystack(rng, self.seq_len) for _ in range(batch_size)]
-        return torch.tensor(rows, dtype=torch.long)
+        return torch.tensor([ids for ids, _ in self.rows(step, batch_size)], dtype=torch.long)
+
+    def weighted_batch(self, step: int, batch_size: int, answer_weight: float) -> dict[str, torch.Tensor]:
+        """``batch(step, batch_size)`` (same rows) as ``{"input_ids", "loss_weight"}`` for ``train_loop``.
+
+        ``loss_weight`` (float32, shaped like ``input_ids``) is aligned with the tokens as *labels*, like the
+        ``labels`` of a causal LM: ``loss_weight[b, t]`` weights the loss of predicting token ``t`` (made at
+        position ``t - 1``); ``train_loop`` shifts it with the labels. It is ``answer_weight`` on every answer
+        token (the spans ``[start, end)`` of ``long_document``) and 1 elsewhere.
+        """
+        if not answer_weight >= 0:
+            raise ValueError(f"NeedleMixture: answer_weight={answer_weight} must be >= 0.")
+        rows = self.rows(step, batch_size)
+        weight = torch.ones(batch_size, self.seq_len, dtype=torch.float32)
+        for b, (_, answers) in enumerate(rows):
+            for start, end, _ in answers:
+                weight[b, start:end] = answer_weight
+        return {"input_ids": torch.tensor([ids for ids, _ in rows], dtype=torch.long), "loss_weight": weight}

@@ -2,7 +2,7 @@
 convergence of hybrids): study settings and one training run (``study``), claim tests and the report
 (``report``). ``benchmarks/reproduction/run.py`` is the command-line front end."""
 
-from .report import analyse, load_runs, write_report
+from .report import analyse, load_runs, loss_statement, write_report
 from .study import (
            ARMS,
            MODEL_SIZES,
@@ -17,4 +17,4 @@ from .study import (
 )
 
 __all__ = ["ARMS", "MODEL_SIZES", "PROFILES", "SWA_ARMS", "CheckpointProbe", "StudySettings", "analyse", "load_runs",
-           "model_config", "prepare", "run_arm", "settings_for", "write_report"]
+           "loss_statement", "model_config", "prepare", "run_arm", "settings_for", "write_report"]

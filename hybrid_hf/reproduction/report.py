@@ -328,6 +328,24 @@ def _ci(c: dict[str, Any] | None, scale: float = 1.0, fmt: str = "{:+.1f}") -> s
     return f"{fmt.format(scale * c[key])} [{fmt.format(scale * c['low'])}, {fmt.format(scale * c['high'])}]"
 
 
+def loss_statement(runs: list[dict[str, Any]]) -> str:
+    """One sentence on the training loss of ``runs``: the paper's plain LM loss, or the answer-token weighting
+    (a deviation from the paper) with its weight; mixed weights across runs are listed per weight."""
+    weights: dict[float, list[str]] = {}
+    for r in runs:
+        weights.setdefault(float(r["settings"].get("answer_weight", 1.0)), []).append(f"{r['arm']}/{r['seed']}")
+    if set(weights) == {1.0}:
+        return "Training loss: the paper's plain next-token loss (answer_weight 1)."
+    if len(weights) == 1:
+        (w,) = weights
+        return (f"Training loss: **answer_weight {w:g}**, a deviation from the paper: the long documents' answer "
+                f"tokens weigh {w:g}x in a weighted mean token loss, identically for every arm (the paper uses the "
+                "plain next-token loss).")
+    parts = "; ".join(f"{w:g}: {', '.join(rs)}" for w, rs in sorted(weights.items()))
+    return (f"Training loss: **runs differ in answer_weight** (deviation from the paper where > 1; arms are not "
+            f"comparable across weights): {parts}.")
+
+
 def write_report(runs: list[dict[str, Any]], out: str | Path, commands: Sequence[str] = (),
                  environment: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write report.md, analysis.json, runs.jsonl (raw per-seed results) and the plots under ``out``."""
@@ -349,7 +367,8 @@ def write_report(runs: list[dict[str, Any]], out: str | Path, commands: Sequence
              f"{runs[0]['data']['held_out']['chars'] / 1e6:.2f} MB held out, disjoint by document), mixed 1:1 with "
              f"long documents of {s['needles']} needles each. Windows: "
              + ", ".join(f"{r['arm']} {r['window']}" for r in runs if r["seed"] == runs[0]["seed"] and r["window"])
-             + ". Intervals are 95% t intervals over seeds unless marked; tests are paired by seed.", ""]
+             + ". Intervals are 95% t intervals over seeds unless marked; tests are paired by seed.", "",
+             loss_statement(runs), ""]
     stopped = [f"{r['arm']}/{r['seed']} ({r['steps_done']})" for r in runs if r["steps_done"] < s["steps"]]
     if stopped:
         lines += [f"Stopped before {s['steps']} steps (time budget): {', '.join(stopped)}.", ""]

@@ -2,7 +2,15 @@
 default targets for ``model_type="hybrid_hf"``."""
 
 from .distillation import DistillationTrainer, RecoveryCallback, distillation_loss, mean_kl, scored_positions
-from .loop import LoopConfig, LoopState, load_checkpoint, save_checkpoint, train_loop
+from .loop import (
+    LoopConfig,
+    LoopState,
+    load_checkpoint,
+    save_checkpoint,
+    split_batch,
+    train_loop,
+    weighted_token_loss,
+)
 from .packing import (
     IGNORE_INDEX,
     TokenBlockDataset,
@@ -44,8 +52,10 @@ __all__ = [
     "save_checkpoint",
     "scored_positions",
     "sequence_ids_from_positions",
+    "split_batch",
     "split_documents",
     "tokenize_documents",
     "train_loop",
     "training_arguments",
+    "weighted_token_loss",
 ]

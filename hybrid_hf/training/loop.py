@@ -4,7 +4,9 @@
 budget, or resumed later, follows the same schedule as one that ran straight through), calls ``evaluate`` at the
 given steps and keeps its results in ``state.history``, and writes a checkpoint (model, optimizer, RNG states, step,
 history) that ``resume=True`` continues from. Data comes from ``batch_fn(step)``, which must be a pure function of
-the step (e.g. ``hybrid_hf.data.NeedleMixture.batch``), so no data state needs saving.
+the step (e.g. ``hybrid_hf.data.NeedleMixture.batch``), so no data state needs saving. A batch is a token tensor
+(plain next-token loss) or carries per-token loss weights (``{"input_ids", "loss_weight"}`` or a pair), e.g.
+``NeedleMixture.weighted_batch``; the loss is then the weighted mean token loss (``weighted_token_loss``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..modeling.loss import IGNORE_INDEX, shift_labels, token_losses
+
+Batch = torch.Tensor | dict[str, torch.Tensor] | tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -98,11 +104,57 @@ def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.Optim
                               {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
 
 
-def train_loop(model: torch.nn.Module, batch_fn: Callable[[int], torch.Tensor], cfg: LoopConfig,
+def split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(input_ids, loss_weight or None)`` of what a ``batch_fn`` returned: a token tensor, a dict with
+    ``input_ids`` and optionally ``loss_weight``, or a pair ``(input_ids, loss_weight)``; checks the shapes."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, dict):
+        if "input_ids" not in batch or set(batch) - {"input_ids", "loss_weight"}:
+            raise ValueError(f"train_loop: a dict batch needs 'input_ids' and optionally 'loss_weight'; got keys "
+                             f"{sorted(batch)}.")
+        ids, weight = batch["input_ids"], batch.get("loss_weight")
+    elif isinstance(batch, tuple | list) and len(batch) == 2:
+        ids, weight = batch
+    else:
+        raise TypeError(f"train_loop: batch_fn returned {type(batch).__name__}; expected a token tensor, a dict "
+                        "{'input_ids', 'loss_weight'} or a pair (input_ids, loss_weight).")
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+        raise ValueError("train_loop: input_ids must be a 2-d (batch, seq) tensor.")
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor) or weight.shape != ids.shape:
+            got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise ValueError(f"train_loop: loss_weight must be a tensor shaped like input_ids {tuple(ids.shape)} "
+                             f"(aligned with the tokens as labels); got {got}.")
+        if weight.dtype == torch.bool:
+            weight = weight.float()
+        elif not weight.is_floating_point():
+            raise ValueError(f"train_loop: loss_weight must be float or bool; got {weight.dtype}.")
+    return ids, weight
+
+
+def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, loss_weight: torch.Tensor,
+                        ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Weighted mean next-token loss: ``sum(w * l) / sum(w)`` over scored positions (fp32).
+
+    ``loss_weight`` is aligned with ``labels`` (weight of each token as the label predicted from the position
+    before it) and shifted with them (``shift_labels``); positions whose shifted label is ``ignore_index`` (and the
+    last one) count with weight 0. All-ones weights give the plain mean token loss; all-zero weights give 0.
+    """
+    losses = token_losses(logits, labels, ignore_index)
+    weight = shift_labels(loss_weight.to(losses.device, torch.float32), 0)
+    weight = weight * (shift_labels(labels, ignore_index).to(losses.device) != ignore_index)
+    return (losses * weight).sum() / weight.sum().clamp(min=torch.finfo(torch.float32).tiny)
+
+
+def train_loop(model: torch.nn.Module, batch_fn: Callable[[int], Batch], cfg: LoopConfig,
                evaluate: Callable[[torch.nn.Module, int], dict[str, Any]] | None = None,
                checkpoint: str | Path | None = None, resume: bool = False,
                log: Callable[[dict[str, Any]], None] | None = None) -> LoopState:
     """Train ``model`` on ``batch_fn(step)`` (``step`` 1-based; next-token loss on every token) up to ``cfg.steps``.
+
+    ``batch_fn`` returns token ids (the plain mean token loss) or ids with per-token loss weights (see
+    ``split_batch``; the loss is ``weighted_token_loss``, and ``state.losses`` logs that weighted loss).
 
     ``evaluate(model, step)`` runs (in eval mode, no grad) at every step in ``cfg.eval_steps`` (step 0: before
     training) and its dict is appended to ``state.history`` with ``step`` and ``train_s``. With ``checkpoint``,
@@ -142,9 +194,14 @@ def train_loop(model: torch.nn.Module, batch_fn: Callable[[int], torch.Tensor], 
         t0 = time.time()
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(step)
-        batch = batch_fn(step).to(device, non_blocking=True)
+        batch, weight = split_batch(batch_fn(step))
+        batch = batch.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = model(batch, labels=batch, use_cache=False).loss
+            if weight is None:
+                loss = model(batch, labels=batch, use_cache=False).loss
+            else:
+                logits = model(batch, use_cache=False).logits
+                loss = weighted_token_loss(logits, batch, weight.to(device, non_blocking=True))
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +15,9 @@ pytest.importorskip("matplotlib")
 
 from hybrid_hf import HybridForCausalLM  # noqa: E402
 from hybrid_hf.data import NeedleMixture  # noqa: E402
+from hybrid_hf.modeling.loss import shift_labels  # noqa: E402
 from hybrid_hf.reproduction import load_runs, model_config, prepare, run_arm, settings_for, write_report  # noqa: E402
-from hybrid_hf.training import LoopConfig, train_loop  # noqa: E402
+from hybrid_hf.training import LoopConfig, train_loop, weighted_token_loss  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +39,89 @@ def test_mixture_rows_and_answer_spans(prepared):
         needle_value = ids[start - dist : start - dist + 64]
         assert all(t in needle_value for t in ids[start:end])  # the answer's tokens are in its needle sentence
     assert prep.info["overlap_held_out_train"] == 0
+
+
+def test_weighted_batch_weights_line_up_with_answer_labels(prepared):
+    _, prep = prepared
+    s = settings_for("smoke")
+    mix = NeedleMixture(prep.tokenizer, prep.train_stream, s.seq_len, needles=2, long_fraction=0.5, seed=3)
+    step, n, w = 7, 6, 5.0
+    wb = mix.weighted_batch(step, n, w)
+    assert torch.equal(wb["input_ids"], mix.batch(step, n))  # the same rows as the plain batch
+    assert torch.equal(mix.weighted_batch(step, n, w)["loss_weight"], wb["loss_weight"])  # pure in (seed, step)
+    rows = mix.rows(step, n)
+    assert any(a for _, a in rows) and any(not a for _, a in rows)  # long and short rows both present
+    ids, weight = wb["input_ids"], wb["loss_weight"]
+    targets, shifted = shift_labels(ids), shift_labels(weight, 0)
+    for b, (row, answers) in enumerate(rows):
+        answer_tokens = [t for start, end, _ in answers for t in row[start:end]]
+        # After the shift, the weighted positions are those that predict an answer token, and only those.
+        assert targets[b][shifted[b] == w].tolist() == answer_tokens
+        assert int((weight[b] == w).sum()) == len(answer_tokens) and int((weight[b] == 1).sum()) == s.seq_len - len(
+            answer_tokens)
+    # The weighted loss against a direct computation: every scored position once, answer predictions w-fold.
+    torch.manual_seed(0)
+    logits = torch.randn(n, s.seq_len, 40)
+    ids = ids % 40
+    ce = torch.nn.functional.cross_entropy
+    plain = ce(logits[:, :-1].reshape(-1, 40), ids[:, 1:].reshape(-1), reduction="sum")
+    extra = sum(ce(logits[b, start - 1 : end - 1], ids[b, start:end], reduction="sum")
+                for b, (_, answers) in enumerate(rows) for start, end, _ in answers)
+    n_ans = sum(end - start for _, answers in rows for start, end, _ in answers)
+    expected = (plain + (w - 1) * extra) / (n * (s.seq_len - 1) + (w - 1) * n_ans)
+    torch.testing.assert_close(weighted_token_loss(logits, ids, weight), expected)
+
+
+def test_loop_with_unit_weights_matches_the_plain_loop(prepared):
+    _, prep = prepared
+    s = settings_for("smoke")
+    mix = NeedleMixture(prep.tokenizer, prep.train_stream, s.seq_len, needles=2)
+
+    def fresh():
+        torch.manual_seed(0)
+        return HybridForCausalLM(model_config("swa128", s, len(prep.tokenizer)))
+
+    cfg = LoopConfig(steps=2, warmup=1, eval_steps=[2])
+    plain, weighted, paired = fresh(), fresh(), fresh()
+    a = train_loop(plain, lambda st: mix.batch(st, 2), cfg)
+    ones = lambda st: {"input_ids": mix.batch(st, 2), "loss_weight": torch.ones(2, s.seq_len)}  # noqa: E731
+    b = train_loop(weighted, ones, cfg)
+    c = train_loop(paired, lambda st: (mix.batch(st, 2), torch.ones(2, s.seq_len, dtype=torch.bool)), cfg)
+    for x in (b, c):
+        assert [st for st, _ in x.losses] == [st for st, _ in a.losses]
+        assert [v for _, v in x.losses] == pytest.approx([v for _, v in a.losses], rel=1e-5)
+    for p, q, r in zip(plain.parameters(), weighted.parameters(), paired.parameters()):
+        torch.testing.assert_close(p, q)
+        torch.testing.assert_close(p, r)
+    with pytest.raises(ValueError, match="loss_weight must be a tensor shaped like input_ids"):
+        train_loop(fresh(), lambda st: {"input_ids": mix.batch(st, 2), "loss_weight": torch.ones(2, 3)}, cfg)
+    with pytest.raises(ValueError, match="'input_ids'"):
+        train_loop(fresh(), lambda st: {"ids": mix.batch(st, 2)}, cfg)
+
+
+def test_answer_weight_is_recorded_and_reported(prepared, tmp_path):
+    work, _ = prepared
+    s = settings_for("smoke", steps=2, eval_every=2, length_multiples=(1,), answer_weight=5.0)
+    rec = run_arm("full", 0, work, s, tmp_path / "runs" / "full-0.json")
+    saved = json.loads((tmp_path / "runs" / "full-0.json").read_text())
+    assert rec["answer_weight"] == saved["answer_weight"] == saved["settings"]["answer_weight"] == 5.0
+    assert "deviation" in saved["loss"]
+    last = saved["curve"][-1]
+    assert last["niah"]["answer_loss"] > 0 and any(v is not None for v in last["answer_loss_by_distance"].values())
+    write_report([saved], tmp_path / "report")
+    assert "answer_weight 5" in (tmp_path / "report" / "report.md").read_text()
+    spec = importlib.util.spec_from_file_location(
+        "repro_run", Path(__file__).resolve().parents[2] / "benchmarks" / "reproduction" / "run.py")
+    run_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_py)
+    (tmp_path / "pilot").mkdir()
+    run_py.write_pilot(tmp_path / "pilot", [saved], 1)
+    pilot = (tmp_path / "pilot" / "pilot.md").read_text()
+    far = run_py.answer_losses(saved)
+    assert far["far_bin"] is not None and f"{far['far_answer_loss_last']:.2f} ({far['far_bin']})" in pilot
+    assert "answer_weight 5" in pilot
+    with pytest.raises(ValueError, match="answer_weight"):
+        settings_for("smoke", answer_weight=-1.0)
 
 
 def test_loop_resume_matches_a_straight_run(prepared, tmp_path):
@@ -72,6 +160,7 @@ def test_pipeline_smoke(prepared, tmp_path):
             run_arm(arm, seed, work, s, tmp_path / "runs" / f"{arm}-{seed}.json")
     runs = load_runs([tmp_path / "runs"])
     assert len(runs) == 10 and all(r["steps_done"] == 3 for r in runs)
+    assert all(r["answer_weight"] == 1.0 and r["settings"]["answer_weight"] == 1.0 for r in runs)
     assert [h["step"] for h in runs[0]["curve"]] == [0, 3]
     res = write_report(runs, tmp_path / "report", commands=["test"])
     for name in ("report.md", "analysis.json", "runs.jsonl", "emergence.png", "length.png"):
@@ -82,6 +171,7 @@ def test_pipeline_smoke(prepared, tmp_path):
     assert "verdict" in res["convergence"]
     text = (tmp_path / "report" / "report.md").read_text()
     assert "(a) Large-Window Laziness" in text and "(b) NoPE gain" in text
+    assert "plain next-token loss (answer_weight 1)" in text
 
 
 def test_windows_keep_the_paper_ratios():
