@@ -332,7 +332,7 @@ def prefill() -> None:
 # ----------------------------------------------------------------------------------------------- decode
 HBM_BYTES_PER_S = 4.3e12  # HBM bandwidth measured on the H200 (spec sheet: 4.8e12 B/s); the decode roofline's 100%
 DECODE_MODELS = ("all full", "3:1 SWA-512")
-DECODE_ROWS = ("hf-dynamic", "hf-static", "ours-stock", "ours-fast", "ours-static", "check")
+DECODE_ROWS = ("hf-dynamic", "hf-static", "ours-stock", "ours-fast", "ours-fast-triton", "ours-static", "check")
 DECODE_BATCHES = [1, 16]
 DECODE_SELECTED: dict = {"models": list(DECODE_MODELS), "batches": DECODE_BATCHES, "rows": list(DECODE_ROWS),
                          "rounds": 2, "check_steps": 8, "check_ctx": None}
@@ -547,6 +547,10 @@ def decode() -> None:
                 _decode_row(case, f"hybrid_hf generate_fast(compile={fast['compile']})", "hybrid_hf", b, ids,
                             partial(generate_fast, ours, ids, **fast), bytes_of[b], same_warmup=True,
                             reference=ref.get(b), note=no_compile)
+            if "ours-fast-triton" in rows and dev == "cuda":  # the Triton flash-decoding attention (opt-in)
+                _decode_row(case, f"hybrid_hf generate_fast(compile={fast['compile']}, decode_kernel=\"triton\")",
+                            "hybrid_hf", b, ids, partial(generate_fast, ours, ids, decode_kernel="triton", **fast),
+                            bytes_of[b], same_warmup=True, reference=ref.get(b), note=no_compile)
             if "check" in rows and b == 1 and check_ids is not None:
                 _check_row(case, hf_check, ours, check_ids, fast)
             if "ours-static" in rows:

@@ -17,6 +17,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .attention_dispatch import LayerPlan
 from .attention_kernels import causal_attention
+from .attention_triton_decode import flash_decode
 from .configuration_hybrid import HybridConfig
 from .norm import HybridRMSNorm
 from .rotary import apply_rotary_pos_emb
@@ -122,6 +123,8 @@ class HybridAttention(nn.Module):
         weights = None
         if plan.kernel == "decode":
             out = decode_attention(q, k, v, plan.key_valid, self.scaling).transpose(1, 2)
+        elif plan.kernel == "decode_triton":
+            out = flash_decode(q, k, v, plan.key_valid, self.scaling).transpose(1, 2)
         elif plan.kernel != "interface":
             out = causal_attention(
                 q, k, v, window=self.sliding_window, scale=self.scaling, kernel=plan.kernel,

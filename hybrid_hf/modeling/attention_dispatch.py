@@ -135,7 +135,8 @@ class LayerPlan:
     """How one layer attends in this forward (made by ``resolve``).
 
     ``kernel``: ``"flash_attn"``/``"triton"``/``"flex"``/``"sdpa"`` run ``attention_kernels.causal_attention``;
-    ``"decode"`` the static cache's split-K decode attention over ``key_valid`` slots; ``"interface"`` transformers'
+    ``"decode"`` the static cache's split-K decode attention over ``key_valid`` slots (``"decode_triton"``: its Triton
+    flash-decoding kernel); ``"interface"`` transformers'
     attention interface ``attn_implementation`` with the prepared ``mask``. Recurrent layers read ``mask`` (the 2D
     padding mask) and ``cu_seqlens`` (packed documents, int32 over the flattened batch, see ``masking``)."""
 
@@ -204,7 +205,8 @@ def static_cache_plan(config: HybridConfig, inputs_embeds: torch.Tensor, cache: 
         if t in by_type:
             continue
         if decode:
-            by_type[t] = LayerPlan("decode", key_valid=cache.key_valid(i))
+            kernel = "decode_triton" if cache.decode_kernel == "triton" else "decode"
+            by_type[t] = LayerPlan(kernel, key_valid=cache.key_valid(i))
         else:
             by_type[t] = LayerPlan(layer_kernel(config.attention_kernel, inputs_embeds, t))
     return [by_type[t] for t in config.layer_types]

@@ -106,19 +106,19 @@ def _decode_layers(state: _DecodeState, model: HybridForCausalLM, options: dict[
 
 
 def _session(state: _DecodeState, model: HybridForCausalLM, layers: list[nn.Module], batch: int, max_length: int,
-             device: torch.device, dtype: torch.dtype) -> _Session:
+             device: torch.device, dtype: torch.dtype, decode_kernel: str) -> _Session:
     """A fresh static cache, or (attention-only models) the one of the last call with the same buffer shapes,
     together with its captured decode step: capturing costs about as much as tens of decode steps."""
     cfg = model.config
 
     def new() -> _Session:
-        return _Session(HybridStaticCache(cfg, batch, max_length, device, dtype),
+        return _Session(HybridStaticCache(cfg, batch, max_length, device, dtype, decode_kernel),
                         torch.zeros(batch, 1, dtype=torch.long, device=device))
 
     if "linear_attention" in cfg.layer_types:  # recurrent state is not reset in place
         return new()
     shapes = HybridStaticCache.buffer_shapes(cfg, max_length)
-    key = (batch, shapes, dtype, str(device), id(layers))  # the layers stand for the compile options
+    key = (batch, shapes, dtype, str(device), id(layers), decode_kernel)  # the layers stand for the compile options
     session = state.sessions.get(key)
     if session is None:
         state.sessions.clear()  # one live session per model: its buffers hold a whole context
@@ -184,6 +184,7 @@ def generate_fast(
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
     return_logits: bool = False,
+    decode_kernel: str = "torch",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (B, T; equal-length rows, no padding).
 
@@ -200,6 +201,8 @@ def generate_fast(
         eos_token_id: stop token id(s); a row that produced one is finished, and generation ends once every row is.
         pad_token_id: what finished rows get afterwards (default: the first stop token).
         return_logits: also return the (B, steps, V) raw logits of each step.
+        decode_kernel: attention of the decode steps, ``"torch"`` or ``"triton"`` (flash-decoding kernel, CUDA; see
+            ``HybridStaticCache``).
     Returns:
         ``(B, T + steps)`` token ids, ``steps`` = ``max_new_tokens`` or fewer when every row stopped earlier (as
         transformers' ``generate`` returns them), and the step logits if asked.
@@ -228,15 +231,15 @@ def generate_fast(
     try:
         return _generate(model, input_ids, max_new_tokens, prefill_chunk_size, cuda_graph, compile,
                          lambda logits: _pick(logits, do_sample, temperature, top_k, top_p, generator),
-                         min_new_tokens, _stop_ids(eos_token_id), pad_token_id, return_logits)
+                         min_new_tokens, _stop_ids(eos_token_id), pad_token_id, return_logits, decode_kernel)
     finally:
         model.train(was_training)
 
 
 def _generate(model: HybridForCausalLM, input_ids: torch.Tensor, max_new_tokens: int, prefill_chunk_size: int,
               cuda_graph: bool, compile: bool | dict[str, Any], pick: Callable[[torch.Tensor], torch.Tensor],
-              min_new_tokens: int, stop: list[int], pad_token_id: int | None,
-              return_logits: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+              min_new_tokens: int, stop: list[int], pad_token_id: int | None, return_logits: bool,
+              decode_kernel: str) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     device = input_ids.device
     batch, prompt_len = input_ids.shape
     state = _state(model)
@@ -246,7 +249,7 @@ def _generate(model: HybridForCausalLM, input_ids: torch.Tensor, max_new_tokens:
     dtype = model.get_input_embeddings().weight.dtype
     if torch.is_autocast_enabled(device.type):  # keys/values come out of autocast projections in its dtype
         dtype = torch.get_autocast_dtype(device.type)
-    session = _session(state, model, layers, batch, prompt_len + max_new_tokens, device, dtype)
+    session = _session(state, model, layers, batch, prompt_len + max_new_tokens, device, dtype, decode_kernel)
     cache = session.cache
 
     logits = None

@@ -15,6 +15,7 @@ Rows of a batch must have equal lengths (no padding): positions are shared by th
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin, LinearAttentionLaye
 
 from .configuration_hybrid import HybridConfig
 
+DECODE_KERNELS = ("torch", "triton")
 DECODE_SPLIT = 1024  # keys per split-K part of the decode attention; full-layer decode buffers round up to it
 
 
@@ -116,11 +118,18 @@ class HybridStaticCache(Cache):
         max_length: prompt plus new tokens; full-attention layers preallocate this many keys (rounded up to whole
             decode splits).
         device, dtype: where and how keys/values live.
+        decode_kernel: attention of a one-token step: ``"torch"`` (``decode_attention``, compiled by inductor when the
+            decode layers are) or ``"triton"`` (``attention_triton_decode.flash_decode``, CUDA).
     """
 
     def __init__(self, config: HybridConfig, batch_size: int, max_length: int, device: torch.device | str,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, decode_kernel: str = "torch") -> None:
+        if decode_kernel not in DECODE_KERNELS:
+            raise ValueError(f"HybridStaticCache: decode_kernel={decode_kernel!r}; allowed: {', '.join(DECODE_KERNELS)}.")
         device = torch.device(device)
+        if decode_kernel == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("HybridStaticCache: decode_kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1).")
+        self.decode_kernel = decode_kernel
         layers: list = []
         for i, capacity in enumerate(self.buffer_shapes(config, max_length)):
             if capacity is None:
