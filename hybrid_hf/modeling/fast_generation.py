@@ -158,6 +158,9 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int 
     return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
 
 
+STOP_CHECK_EVERY = 16  # decode steps between host checks of "every row has stopped"
+
+
 def _stop_ids(eos_token_id: int | Sequence[int] | torch.Tensor | None) -> list[int]:
     if eos_token_id is None:
         return []
@@ -262,6 +265,9 @@ def _generate(model: HybridForCausalLM, input_ids: torch.Tensor, max_new_tokens:
     tokens = torch.full((batch, max_new_tokens), fill, dtype=input_ids.dtype, device=device)
     step_logits = [] if return_logits else None
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    # the step at which each row produced a stop token (max_new_tokens: not yet), kept on the device: the host looks
+    # at it only every STOP_CHECK_EVERY steps, so decoding with stop tokens does not synchronise at every token
+    finished_at = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
     steps = max_new_tokens
 
     def step() -> torch.Tensor:
@@ -275,10 +281,11 @@ def _generate(model: HybridForCausalLM, input_ids: torch.Tensor, max_new_tokens:
         nxt = pick(logits)
         if stop:
             nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)
-            finished |= torch.isin(nxt, stop_ids)
+            newly = torch.isin(nxt, stop_ids) & ~finished
+            finished_at.masked_fill_(newly, i)
+            finished |= newly
         tokens[:, i] = nxt
-        if i == max_new_tokens - 1 or (stop and bool(finished.all())):
-            steps = i + 1
+        if i == max_new_tokens - 1 or (stop and (i + 1) % STOP_CHECK_EVERY == 0 and bool(finished.all())):
             break
         session.tokens.copy_(nxt[:, None])
         if not cuda_graph:
@@ -298,9 +305,11 @@ def _generate(model: HybridForCausalLM, input_ids: torch.Tensor, max_new_tokens:
         else:
             session.graph.replay()
             logits = session.logits
+    if stop and bool(finished.all()):  # generation ends at the step where the last row stopped
+        steps = int(finished_at.max()) + 1
     out = torch.cat([input_ids, tokens[:, :steps]], dim=1)
     if return_logits:
-        return out, torch.stack(step_logits, dim=1)
+        return out, torch.stack(step_logits[:steps], dim=1)
     return out
 
 

@@ -84,6 +84,15 @@ def test_stop_tokens_end_generation_like_transformers():
     stock = model.generate(prompt, cache_implementation="dynamic", **kw)
     assert routed.shape[1] < greedy.shape[1]  # every row finished early: the output is shorter
     assert torch.equal(routed, stock)
+    # a long budget: the host checks for the end only every STOP_CHECK_EVERY steps, the output is still cut where
+    # the last row stopped, and the step logits with it
+    kw_long = dict(kw, max_new_tokens=3 * fast_generation.STOP_CHECK_EVERY)
+    long = model.generate(prompt, **kw_long)
+    assert torch.equal(long, routed) and torch.equal(long, model.generate(prompt, cache_implementation="dynamic",
+                                                                          **kw_long))
+    seq, logits = generate_fast(model, prompt, kw_long["max_new_tokens"], eos_token_id=stops, pad_token_id=0,
+                                return_logits=True)
+    assert torch.equal(seq, long) and logits.shape[1] == long.shape[1] - prompt.shape[1]
     # min_new_tokens keeps the stop tokens out for that many steps, as transformers' processor does
     kw["min_new_tokens"] = 6
     assert torch.equal(model.generate(prompt, **kw), model.generate(prompt, cache_implementation="dynamic", **kw))
