@@ -193,3 +193,25 @@ def test_routed_cuda_graph_generate_matches_stock_loop_and_full_forward(cache_im
     with torch.no_grad():
         full = model(seq, use_cache=False).logits[:, 10:-1]
     assert (logits - full).abs().max().item() <= 1e-3
+
+
+def test_text_generation_pipeline_takes_the_fast_path(monkeypatch):
+    from transformers import pipeline
+
+    from hybrid_hf.data import sample_documents, train_tokenizer
+
+    tok = train_tokenizer(sample_documents(), vocab_size=300)
+    model = tiny_model("SF", vocab_size=len(tok))
+    calls: list[int] = []
+    real = fast_generation.generate_fast
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast_generation, "generate_fast", counting)
+    pipe = pipeline("text-generation", model=model, tokenizer=tok)
+    fast = pipe("The keeper counted", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert calls == [1]
+    stock = pipe("The keeper counted", max_new_tokens=8, do_sample=False, cache_implementation="dynamic")
+    assert fast == stock[0]["generated_text"] and calls == [1]
