@@ -328,7 +328,7 @@ _NEUTRAL: dict[str, Any] = {
     "diversity_penalty": 0.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "remove_invalid_values": False,
     "renormalize_logits": False, "output_scores": False, "output_logits": False, "output_attentions": False,
     "output_hidden_states": False, "return_dict_in_generate": False, "encoder_repetition_penalty": 1.0,
-    "low_memory": False, "do_sample": False, "is_assistant": False,
+    "low_memory": False, "is_assistant": False,
 }
 # generate() arguments that are not generation-config fields; any of them set means transformers' loop.
 _STOCK_ONLY_ARGUMENTS = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus",
@@ -369,6 +369,9 @@ def _read_call(model: HybridForCausalLM, inputs: torch.Tensor | None, generation
         return _Routing("`input_ids` are on another device than the model")
     if attention_mask is not None and not bool(torch.as_tensor(attention_mask).all()):
         return _Routing("a padded batch (`attention_mask` has zeros)")
+    if model.training and (model.config.attention_dropout > 0
+                           or any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())):
+        return _Routing("the model is in training mode with dropout (the fast path decodes in eval mode)")
     if static_cache_refusal(model.config) is not None:
         return _Routing("receptive-field caps (config.eval_full_attention_window / eval_efficient_window) are set")
     for name, value in config.to_diff_dict().items():

@@ -155,6 +155,9 @@ def test_routed_output_is_a_normal_tensor_and_the_mode_is_kept():
     out = model.generate(prompt, max_new_tokens=3, do_sample=False)
     out[:, -1] = 0  # not an inference-mode tensor
     assert model.training
+    # with dropout active, transformers' loop (which keeps the mode) serves the call
+    dropping = tiny_model("SF", attention_dropout=0.1).train()
+    assert "dropout" in fast_path_refusal(dropping, prompt, max_new_tokens=3)
 
 
 def test_routed_generate_under_autocast_matches_the_stock_loop():
