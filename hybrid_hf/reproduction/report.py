@@ -74,11 +74,14 @@ def run_metrics(r: dict[str, Any], until: int) -> dict[str, Any]:
     last = r["curve"][-1]
     e_niah = first_crossing(steps, niah, s["niah_threshold"])
     e_head = first_crossing(steps, copy, s["head_threshold"])
+    answer = [h["niah"].get("answer_loss") for h in c]  # recorded by runs since the answer-weight change
+    auc_answer = normalised_auc(steps, answer) if len(steps) > 1 and None not in answer else None
     far = str(max(int(k) for k, v in last["answer_loss_by_distance"].items() if v is not None)) \
         if any(v is not None for v in last["answer_loss_by_distance"].values()) else None
     return {"emergence_niah": e_niah, "emergence_niah_censored": e_niah is None,
             "emergence_head": e_head, "emergence_head_censored": e_head is None,
             "auc_niah": normalised_auc(steps, niah) if len(steps) > 1 else niah[-1],
+            "auc_answer_loss": auc_answer,
             "steps_done": r["steps_done"], "final_niah": last["niah"]["acc"],
             "final_niah_by_length": {k: v["acc"] for k, v in r.get("final_niah", {}).items()},
             "short_loss": last["short_loss"], "far_answer_loss": last["answer_loss_by_distance"].get(far) if far else None}
@@ -129,7 +132,10 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
     a_out: dict[str, Any] = {"arms": swa}
     if len(swa) == 3:
         seeds = sorted(set.intersection(*(set(m[a]) for a in swa)))
-        for key, increasing in (("emergence_niah", True), ("emergence_head", True), ("auc_niah", False)):
+        endpoints = [("emergence_niah", True), ("emergence_head", True), ("auc_niah", False)]
+        if all(m[a][sd]["auc_answer_loss"] is not None for a in swa for sd in seeds):
+            endpoints.append(("auc_answer_loss", True))  # secondary, continuous: mean answer loss over training
+        for key, increasing in endpoints:
             table = [[_censor(m, a, sd, key) if key.startswith("emergence") else m[a][sd][key] for a in swa]
                      for sd in seeds]
             entry: dict[str, Any] = {"table": table, "seeds": seeds}
@@ -381,11 +387,14 @@ def write_report(runs: list[dict[str, Any]], out: str | Path, commands: Sequence
     lines += ["", "## (a) Large-Window Laziness", "",
               f"Emergence: first step with NIAH@{s['seq_len']} >= {s['niah_threshold']} (interpolated; a run that "
               f"never reaches it counts as its last step), first step with a full-layer copy score >= "
-              f"{s['head_threshold']}, and the area under the NIAH-vs-step curve (its mean level).", "",
+              f"{s['head_threshold']}, the area under the NIAH-vs-step curve (its mean level) and, where recorded, the "
+              "mean NIAH answer loss over training (`auc_answer_loss`, nats per answer token; a continuous "
+              "secondary endpoint that separates arms even when none reaches the NIAH threshold).", "",
               "| endpoint | " + " | ".join(res["laziness"].get("arms", [])) +
               " | Page p (one-sided) | mean Spearman | swa2048 - swa128 [95% CI] | p (t / Wilcoxon) | never reached |",
               "|---" * (len(res["laziness"].get("arms", [])) + 6) + "|"]
-    for key, fmt in (("emergence_niah", "{:.0f}"), ("emergence_head", "{:.0f}"), ("auc_niah", "{:.3f}")):
+    for key, fmt in (("emergence_niah", "{:.0f}"), ("emergence_head", "{:.0f}"), ("auc_niah", "{:.3f}"),
+                     ("auc_answer_loss", "{:.3f}")):
         e = res["laziness"].get(key)
         if not e or "trend" not in e:
             continue

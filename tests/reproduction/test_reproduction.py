@@ -167,11 +167,15 @@ def test_pipeline_smoke(prepared, tmp_path):
         assert (tmp_path / "report" / name).exists()
     assert res["laziness"]["arms"] == ["swa128", "swa512", "swa2048"]
     assert "trend" in res["laziness"]["auc_niah"]
+    # the continuous secondary endpoint: the mean NIAH answer loss over training, per arm with a trend test
+    assert "trend" in res["laziness"]["auc_answer_loss"]
+    assert all(m["auc_answer_loss"] > 0 for arm in res["metrics"].values() for m in arm.values())
     assert set(res["nope"]["by_length"]) == {str(s.seq_len), str(2 * s.seq_len)}
     assert "verdict" in res["convergence"]
     text = (tmp_path / "report" / "report.md").read_text()
     assert "(a) Large-Window Laziness" in text and "(b) NoPE gain" in text
     assert "plain next-token loss (answer_weight 1)" in text
+    assert "| auc_answer_loss |" in text
 
 
 def test_windows_keep_the_paper_ratios():
