@@ -55,9 +55,22 @@ def triton_has_hopper_bwd_bug(version: str) -> bool:
     return (3, 4, 0) <= parsed < (3, 7, 1)
 
 
+@functools.cache
+def _warn_reference_on_cuda(kind: str) -> None:
+    warnings.warn(
+        f"hybrid_hf: flash-linear-attention is not installed (or not importable), so the {kind} layers run the "
+        "PyTorch reference on CUDA, about 10x slower to train than fla's kernels; pip install 'hybrid_hf[cuda]'.",
+        stacklevel=4,
+    )
+
+
 def use_fla(x: torch.Tensor, kind: str) -> bool:
-    """Whether the fla kernel serves this call (CUDA, fla installed, and a trustworthy backward when one is needed)."""
-    if not (x.is_cuda and fla_available()):
+    """Whether the fla kernel serves this call (CUDA, fla installed, and a trustworthy backward when one is needed).
+    On CUDA without fla the reference runs, with a one-time warning."""
+    if not x.is_cuda:
+        return False
+    if not fla_available():
+        _warn_reference_on_cuda(kind)
         return False
     if torch.is_grad_enabled() and x.requires_grad and not fla_backward_is_safe():
         warnings.warn(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import tiny_config, tiny_model
@@ -260,3 +262,17 @@ def test_kernel_dispatch_guard_and_cpu_path():
     assert not kernels.use_fla(q, "gated_delta")
     out, state = kernels.scalar_decay_attention(q, q, q, -torch.rand(1, 8, 2))
     assert out.shape == (1, 8, 2, 4) and state.shape == (1, 2, 4, 4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-fla message; on a GPU fla may be installed")
+def test_cuda_without_fla_says_once_that_the_reference_runs():
+    from types import SimpleNamespace
+
+    from hybrid_hf.modeling import linear_attention_dispatch as kernels
+
+    cuda_like = SimpleNamespace(is_cuda=True, requires_grad=True)  # fla_available() is False without a GPU
+    with pytest.warns(UserWarning, match="flash-linear-attention is not installed.*hybrid_hf\\[cuda\\]"):
+        assert not kernels.use_fla(cuda_like, "test-mixer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not kernels.use_fla(cuda_like, "test-mixer")  # once per mixer kind
