@@ -33,13 +33,17 @@ VARIANTS: dict[str, dict | None] = {  # torch.compile options of the decode laye
     "compile (default mode)": {"dynamic": False},
     "compile max-autotune-no-cudagraphs (generate_fast default)": {"dynamic": False,
                                                                    "mode": "max-autotune-no-cudagraphs"},
+    "compile max-autotune-no-cudagraphs + Triton flash-decoding": {"dynamic": False,
+                                                                   "mode": "max-autotune-no-cudagraphs"},
 }
+PROFILED = ("(generate_fast default)", "+ Triton flash-decoding")  # variants whose kernels are listed
 
 
 @torch.inference_mode()
-def measure(model: HybridForCausalLM, batch: int, ctx: int, variant: dict | None, profile: bool) -> dict:
+def measure(model: HybridForCausalLM, batch: int, ctx: int, variant: dict | None, profile: bool,
+            decode_kernel: str = "torch") -> dict:
     dev, dtype = "cuda", torch.bfloat16
-    cache = HybridStaticCache(model.config, batch, ctx + 512, dev, dtype)  # room for the timed steps
+    cache = HybridStaticCache(model.config, batch, ctx + 512, dev, dtype, decode_kernel)  # room for the timed steps
     ids = torch.randint(0, model.config.vocab_size, (batch, ctx), device=dev)
     for start in range(0, ctx, 8192):
         model(ids[:, start : start + 8192], past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -134,7 +138,8 @@ def main() -> None:
         model = HybridForCausalLM(ours_config(lt, s["window"] if "SWA" in label else None)).cuda().bfloat16().eval()
         for name in args.variants:
             try:
-                row = measure(model, 1, s["ctx"], VARIANTS[name], profile=name.endswith("(generate_fast default)"))
+                row = measure(model, 1, s["ctx"], VARIANTS[name], profile=name.endswith(PROFILED),
+                              decode_kernel="triton" if "Triton" in name else "torch")
             except Exception as ex:  # record and go on with the next variant
                 row = {"error": repr(ex)[:400]}
             row = {"model": label, "batch": 1, "ctx": s["ctx"], "variant": name, **row}
