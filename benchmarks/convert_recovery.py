@@ -41,7 +41,6 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 from transformers import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
@@ -50,7 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hybrid_hf.convert import hybridize, import_model, plan_layer_types  # noqa: E402
 from hybrid_hf.data import answer_ids, build_corpus, tokenize_stream, train_tokenizer  # noqa: E402
 from hybrid_hf.evaluation import evaluate_samples, make_sample, summarize  # noqa: E402
+from hybrid_hf.modeling.loss import shift_labels, token_losses  # noqa: E402
 from hybrid_hf.training import (  # noqa: E402
+    IGNORE_INDEX,
     DistillationTrainer,
     RecoveryCallback,
     TokenBlockDataset,
@@ -187,10 +188,9 @@ def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, answer: torch.T
                      ) -> tuple[torch.Tensor, ...]:
     """Next-token cross-entropy, answer tokens weighted ``answer_weight`` (ignored labels 0, others 1); also the
     mean loss on the answer tokens and on the other tokens (detached)."""
-    logits, targets, answer = logits[:, :-1].float(), labels[:, 1:], answer[:, 1:]
-    valid = targets != -100
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).clamp(min=0),
-                         reduction="none").view_as(targets)
+    ce = token_losses(logits, labels)  # position t scored against labels[t + 1]; 0 where ignored
+    valid = shift_labels(labels) != IGNORE_INDEX
+    answer = shift_labels(answer, False)
     w = valid.float() + (answer_weight - 1.0) * answer.float()
     loss = (ce * w).sum() / w.sum().clamp(min=1e-6)
     other = valid & ~answer
