@@ -264,11 +264,9 @@ def _generate(model: HybridForCausalLM, input_ids: torch.Tensor, max_new_tokens:
     fill = pad_token_id if pad_token_id is not None else (stop[0] if stop else 0)
     tokens = torch.full((batch, max_new_tokens), fill, dtype=input_ids.dtype, device=device)
     step_logits = [] if return_logits else None
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
     # the step at which each row produced a stop token (max_new_tokens: not yet), kept on the device: the host looks
     # at it only every STOP_CHECK_EVERY steps, so decoding with stop tokens does not synchronise at every token
     finished_at = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-    steps = max_new_tokens
 
     def step() -> torch.Tensor:
         return model.decode_step(session.tokens, cache, layers, state.fused_weights)
@@ -280,12 +278,12 @@ def _generate(model: HybridForCausalLM, input_ids: torch.Tensor, max_new_tokens:
             logits = logits.index_fill(-1, stop_ids, float("-inf"))
         nxt = pick(logits)
         if stop:
+            finished = finished_at < max_new_tokens
             nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)
-            newly = torch.isin(nxt, stop_ids) & ~finished
-            finished_at.masked_fill_(newly, i)
-            finished |= newly
+            finished_at.masked_fill_(torch.isin(nxt, stop_ids) & ~finished, i)
         tokens[:, i] = nxt
-        if i == max_new_tokens - 1 or (stop and (i + 1) % STOP_CHECK_EVERY == 0 and bool(finished.all())):
+        if i == max_new_tokens - 1 or (stop and (i + 1) % STOP_CHECK_EVERY == 0
+                                       and bool((finished_at < max_new_tokens).all())):
             break
         session.tokens.copy_(nxt[:, None])
         if not cuda_graph:
@@ -305,8 +303,8 @@ def _generate(model: HybridForCausalLM, input_ids: torch.Tensor, max_new_tokens:
         else:
             session.graph.replay()
             logits = session.logits
-    if stop and bool(finished.all()):  # generation ends at the step where the last row stopped
-        steps = int(finished_at.max()) + 1
+    # when every row stopped, generation ends at the step where the last one did
+    steps = min(int(finished_at.max()) + 1, max_new_tokens) if stop else max_new_tokens
     out = torch.cat([input_ids, tokens[:, :steps]], dim=1)
     if return_logits:
         return out, torch.stack(step_logits[:steps], dim=1)
@@ -394,16 +392,12 @@ def _read_call(model: HybridForCausalLM, inputs: torch.Tensor | None, generation
         new = (config.max_length if config.max_length is not None else 20) - prompt_len
     if new < 1:
         return _Routing(f"no new tokens to generate (max_new_tokens={new})")
-    eos = config.eos_token_id
-    pad = config.pad_token_id
-    if pad is None and eos is not None:
-        pad = eos if isinstance(eos, int) else _stop_ids(eos)[0]
     compile = (config.cache_implementation == "static" and input_ids.device.type == "cuda"
                and not getattr(config, "disable_compile", False))
     top_k = config.top_k if config.top_k is not None else 50
     options = dict(do_sample=do_sample, temperature=config.temperature if config.temperature is not None else 1.0,
                    top_k=top_k or None, top_p=config.top_p, min_new_tokens=config.min_new_tokens or 0,
-                   eos_token_id=eos, pad_token_id=pad, compile=compile)
+                   eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, compile=compile)
     if copies != 1:
         input_ids = input_ids.repeat_interleave(copies, dim=0)
     return _Routing(None, input_ids, dict(options, max_new_tokens=new))
