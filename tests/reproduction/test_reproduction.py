@@ -72,7 +72,8 @@ def test_weighted_batch_weights_line_up_with_answer_labels(prepared):
     torch.testing.assert_close(weighted_token_loss(logits, ids, weight), expected)
 
 
-def test_loop_with_unit_weights_matches_the_plain_loop(prepared):
+def _mixture_and_model(prepared):
+    """The smoke settings' needle mixture and a factory of identically initialised swa128 models."""
     _, prep = prepared
     s = settings_for("smoke")
     mix = NeedleMixture(prep.tokenizer, prep.train_stream, s.seq_len, needles=2)
@@ -81,12 +82,18 @@ def test_loop_with_unit_weights_matches_the_plain_loop(prepared):
         torch.manual_seed(0)
         return HybridForCausalLM(model_config("swa128", s, len(prep.tokenizer)))
 
+    return mix, fresh
+
+
+def test_loop_with_unit_weights_matches_the_plain_loop(prepared):
+    mix, fresh = _mixture_and_model(prepared)
+
     cfg = LoopConfig(steps=2, warmup=1, eval_steps=[2])
     plain, weighted, paired = fresh(), fresh(), fresh()
     a = train_loop(plain, lambda st: mix.batch(st, 2), cfg)
-    ones = lambda st: {"input_ids": mix.batch(st, 2), "loss_weight": torch.ones(2, s.seq_len)}  # noqa: E731
+    ones = lambda st: {"input_ids": mix.batch(st, 2), "loss_weight": torch.ones(2, mix.seq_len)}  # noqa: E731
     b = train_loop(weighted, ones, cfg)
-    c = train_loop(paired, lambda st: (mix.batch(st, 2), torch.ones(2, s.seq_len, dtype=torch.bool)), cfg)
+    c = train_loop(paired, lambda st: (mix.batch(st, 2), torch.ones(2, mix.seq_len, dtype=torch.bool)), cfg)
     for x in (b, c):
         assert [st for st, _ in x.losses] == [st for st, _ in a.losses]
         assert [v for _, v in x.losses] == pytest.approx([v for _, v in a.losses], rel=1e-5)
@@ -125,13 +132,7 @@ def test_answer_weight_is_recorded_and_reported(prepared, tmp_path):
 
 
 def test_loop_resume_matches_a_straight_run(prepared, tmp_path):
-    _, prep = prepared
-    s = settings_for("smoke")
-    mix = NeedleMixture(prep.tokenizer, prep.train_stream, s.seq_len, needles=2)
-
-    def fresh():
-        torch.manual_seed(0)
-        return HybridForCausalLM(model_config("swa128", s, len(prep.tokenizer)))
+    mix, fresh = _mixture_and_model(prepared)
 
     def evaluate(model, step):
         return {"p0": float(next(model.parameters()).flatten()[0])}
