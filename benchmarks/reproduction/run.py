@@ -82,6 +82,8 @@ def launch(args, jobs: list[tuple[str, str, int]], work: Path, out: Path, deadli
         for flag in ("steps", "batch", "seq_len", "eval_every", "lr", "answer_weight"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        if args.no_final:
+            cmd += ["--no-final", "--final-reserve-s", str(args.final_reserve_s)]
         if args.checkpoint_dir:
             cmd += ["--checkpoint", str(Path(args.checkpoint_dir) / f"{size}-{arm}-{seed}.pt"), "--resume"]
         procs[f"{size}-{arm}-{seed}"] = subprocess.Popen(cmd, env=env)
@@ -94,7 +96,7 @@ def cmd_train(args) -> None:
     torch.set_num_threads(1)  # many runs share the machine's cores
     s = settings_for(args.profile, **overrides(args))
     run_arm(args.arm, args.seed, args.work, s, args.result, checkpoint=args.checkpoint, resume=args.resume,
-            deadline=args.deadline, final_reserve_s=args.final_reserve_s, log_path=args.log)
+            deadline=args.deadline, final_reserve_s=args.final_reserve_s, log_path=args.log, final=not args.no_final)
 
 
 def cmd_all(args, pilot: bool = False) -> None:
@@ -243,6 +245,9 @@ def main() -> None:
     p.add_argument("--deadline", type=float, default=float("inf"), help="train: time.time() to stop training by")
     p.add_argument("--final-reserve-s", type=float, default=60.0, help="train: seconds kept for the final evaluation")
     p.add_argument("--log", help="train: append one JSON line per evaluation here")
+    p.add_argument("--no-final", action="store_true",
+                   help="all, train: skip the final NIAH-by-length evaluation (an intermediate leg of a run chained "
+                        "with --checkpoint-dir; the last leg runs it); the final reserve drops to 10 s")
     args = p.parse_args()
     if args.smoke:
         args.profile = "smoke"
@@ -250,6 +255,8 @@ def main() -> None:
         args.size = args.size or "tiny"
         if args.final_reserve_s == 60.0:
             args.final_reserve_s = 5.0
+    if args.no_final and args.final_reserve_s == 60.0:
+        args.final_reserve_s = 10.0
     pilot = args.command == "pilot"
     args.arms = args.arms or (["full", "swa128"] if pilot else list(DEFAULT_ARMS))
     args.seeds = args.seeds or ([0, 1] if pilot or args.profile == "smoke" else [0, 1, 2, 3])

@@ -297,11 +297,12 @@ class CheckpointProbe:
 # ---------------------------------------------------------------------------------------------- one run
 def run_arm(arm: str, seed: int, work: str | Path, s: StudySettings, out_json: str | Path,
             checkpoint: str | Path | None = None, resume: bool = False, deadline: float = math.inf,
-            final_reserve_s: float = 0.0, log_path: str | Path | None = None) -> dict[str, Any]:
+            final_reserve_s: float = 0.0, log_path: str | Path | None = None, final: bool = True) -> dict[str, Any]:
     """Train and score one (arm, seed); writes and returns the result dict (settings, curve, final NIAH by length).
 
     ``deadline`` (a ``time.time()`` value) stops training early, ``final_reserve_s`` before it, so the final
-    evaluation still fits; ``checkpoint``/``resume`` continue an interrupted run across calls.
+    evaluation still fits; ``checkpoint``/``resume`` continue an interrupted run across calls. ``final=False``
+    skips the final evaluation (an intermediate leg of a run chained across calls; the last leg runs it).
     """
     prep = prepare(work, s)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -331,7 +332,8 @@ def run_arm(arm: str, seed: int, work: str | Path, s: StudySettings, out_json: s
     state = train_loop(model, batch_fn, loop, probe, checkpoint, resume, log)
     model.eval()
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        final = probe.final(model) if state.step == s.steps or not math.isinf(deadline) else {}
+        done = state.step == s.steps or not math.isinf(deadline)
+        final_niah = probe.final(model) if final and done else {}
     result = {"arm": arm, "seed": seed, "settings": {**asdict(s), "learning_rate": s.learning_rate},
               "window": s.window(arm), "layer_types": cfg.layer_types, "answer_weight": s.answer_weight,
               "loss": "plain next-token loss" if s.answer_weight == 1.0 else
@@ -341,7 +343,7 @@ def run_arm(arm: str, seed: int, work: str | Path, s: StudySettings, out_json: s
                                           if "embed" not in n and "lm_head" not in n),
               "steps_done": state.step, "stopped_early": state.stopped_early, "train_s": round(state.train_s, 1),
               "eval_s": round(state.eval_s, 1), "wall_s": round(time.time() - t0, 1), "curve": state.history,
-              "train_loss": state.losses, "final_niah": final, "distance_bins": probe.distance_bins(),
+              "train_loss": state.losses, "final_niah": final_niah, "distance_bins": probe.distance_bins(),
               "data": prep.info, "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"}
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(out_json).write_text(json.dumps(result))

@@ -152,6 +152,18 @@ def test_loop_resume_matches_a_straight_run(prepared, tmp_path):
     assert full.history[-1]["p0"] == pytest.approx(rest.history[-1]["p0"])
 
 
+def test_chained_legs_skip_then_run_the_final_evaluation(prepared, tmp_path):
+    """An intermediate leg (final=False) leaves final_niah empty and a checkpoint; the resumed last leg adds it."""
+    work, _ = prepared
+    s = settings_for("smoke", steps=2, eval_every=2, length_multiples=(1, 2))
+    ckpt = tmp_path / "ckpt" / "full-0.pt"
+    leg = run_arm("full", 0, work, s, tmp_path / "leg1.json", checkpoint=ckpt, final=False)
+    assert leg["final_niah"] == {} and ckpt.exists() and leg["steps_done"] == 2
+    last = run_arm("full", 0, work, s, tmp_path / "leg2.json", checkpoint=ckpt, resume=True)
+    assert last["steps_done"] == 2 and [h["step"] for h in last["curve"]] == [h["step"] for h in leg["curve"]]
+    assert set(last["final_niah"]) == {str(s.seq_len), str(2 * s.seq_len)}
+
+
 def test_pipeline_smoke(prepared, tmp_path):
     """Every arm but gdn x 2 seeds, tiny and few steps, then the claim report with its tests and plots."""
     work, _ = prepared
