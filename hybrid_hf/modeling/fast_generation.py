@@ -328,6 +328,10 @@ _NEUTRAL: dict[str, Any] = {
     "output_hidden_states": False, "return_dict_in_generate": False, "encoder_repetition_penalty": 1.0,
     "low_memory": False, "is_assistant": False,
 }
+# Knobs of assisted decoding, which only runs with an assistant model, prompt lookup or early exit (all refused
+# above or below); transformers 5.17's pipeline config sets num_assistant_tokens=20 on every call.
+_ASSISTED_ONLY = frozenset({"num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold",
+                            "assistant_lookbehind", "target_lookbehind", "max_matching_ngram_size"})
 # generate() arguments that are not generation-config fields; any of them set means transformers' loop.
 _STOCK_ONLY_ARGUMENTS = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus",
                          "assistant_model", "streamer", "negative_prompt_ids", "negative_prompt_attention_mask",
@@ -373,6 +377,8 @@ def _read_call(model: HybridForCausalLM, inputs: torch.Tensor | None, generation
     if static_cache_refusal(model.config) is not None:
         return _Routing("receptive-field caps (config.eval_full_attention_window / eval_efficient_window) are set")
     for name, value in config.to_diff_dict().items():
+        if name in _ASSISTED_ONLY:
+            continue
         if name not in _SERVED and name in _NEUTRAL and value != _NEUTRAL[name] and value is not None:
             return _Routing(f"generation_config.{name}={value!r}")
         if name not in _SERVED and name not in _NEUTRAL and not _empty(value) and value is not False:

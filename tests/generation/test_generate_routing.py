@@ -121,6 +121,18 @@ def test_calls_the_fast_path_cannot_serve_fall_back_with_one_log_per_reason(call
     assert sequences.shape == (2, 12)
 
 
+def test_assisted_decoding_knobs_without_an_assistant_keep_the_fast_path():
+    """transformers 5.17's pipeline config carries num_assistant_tokens=20 on every call; with no assistant model
+    or prompt lookup, such knobs change nothing, so they must not send the call to the slow loop."""
+    model = tiny_model("SF")
+    prompt = torch.randint(3, 128, (1, 7))
+    knobs = dict(num_assistant_tokens=20, num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.3)
+    assert fast_path_refusal(model, prompt, max_new_tokens=5, **knobs) is None
+    # prompt lookup is assisted decoding without an assistant model: transformers' loop, with the knobs
+    assert "prompt_lookup_num_tokens" in fast_path_refusal(model, prompt, max_new_tokens=5, prompt_lookup_num_tokens=3,
+                                                           **knobs)
+
+
 def test_receptive_field_caps_fall_back_to_the_masked_loop():
     model = tiny_model("SF", eval_full_attention_window=4)
     prompt = torch.randint(3, 128, (2, 9))
