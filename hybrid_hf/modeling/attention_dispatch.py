@@ -167,11 +167,21 @@ def fused_kernels_apply(
     return attention_mask is None or (attention_mask.dim() == 2 and bool(attention_mask.all()))
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype attention computes in for inputs like ``x``: autocast's dtype where autocast is on for ``x``'s
+    device (fp32 master weights under ``torch.autocast``, as in ``Trainer(bf16=True)``), else ``x.dtype``."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 def layer_kernel(requested: str, inputs_embeds: torch.Tensor, layer_type: str) -> str:
     """``resolve_kernel`` plus the fp32 rule: the Triton kernel's matmuls would round fp32 CUDA inputs to TF32, so
-    those run FlexAttention (whose fp32 matmuls are not rounded)."""
+    those run FlexAttention (whose fp32 matmuls are not rounded). Under autocast attention computes in autocast's
+    dtype (``causal_attention`` casts), so fp32 master weights there keep the Triton kernel."""
     kernel = resolve_kernel("auto" if requested == "transformers" else requested, inputs_embeds.device, layer_type)
-    if kernel == "triton" and inputs_embeds.is_cuda and inputs_embeds.dtype == torch.float32:
+    if kernel == "triton" and inputs_embeds.is_cuda and compute_dtype(inputs_embeds) == torch.float32:
         return "flex"
     return kernel
 

@@ -12,7 +12,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .attention_dispatch import flash_interface
+from .attention_dispatch import compute_dtype, flash_interface
 from .masking import document_ids_from_cu_seqlens
 
 
@@ -156,7 +156,12 @@ def causal_attention(
     positions). ``cu_seqlens`` (int32, over the flattened B x T tokens) marks packed document boundaries; each row
     start is a boundary too. Returns (B, Tq, Hq, D). ``kernel`` is one that ``attention_dispatch.resolve_kernel``
     accepts on this device (the dispatch also sends fp32 CUDA inputs to ``"flex"`` rather than ``"triton"``).
+    Under autocast the inputs are cast to its dtype first, as ``scaled_dot_product_attention`` is under autocast
+    (RoPE with fp32 tables leaves q/k in fp32 while v comes out of the projection in the autocast dtype).
     """
+    dtype = compute_dtype(v)
+    if not (q.dtype == k.dtype == v.dtype == dtype):
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if cu_seqlens is None:
         out = _KERNELS[kernel](q, k, v, window, scale, None)
         return out if kernel in _OUTPUT_BTHD else out.transpose(1, 2).contiguous()

@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_config, tiny_model
 
 from hybrid_hf import HybridForCausalLM
-from hybrid_hf.modeling.attention_dispatch import available_kernels, resolve_kernel
+from hybrid_hf.modeling.attention_dispatch import available_kernels, compute_dtype, resolve_kernel
 from hybrid_hf.modeling.masking import cu_seqlens_from_position_ids
 
 
@@ -55,6 +55,30 @@ def test_kernel_path_gradients_match():
         m(ids, labels=ids).loss.backward()
     for (name, a), (_, b) in zip(ref.named_parameters(), fast.named_parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+
+
+def test_autocast_with_fp32_weights_runs_the_fused_kernel_in_autocast_dtype(monkeypatch):
+    """Trainer(bf16=True) keeps fp32 weights under autocast; RoPE's fp32 tables then leave q/k in fp32 beside a bf16
+    v. The fused path casts all three to autocast's dtype (as SDPA does under autocast), so the kernel choice and
+    its inputs follow the compute dtype, and the loss still matches transformers' eager path."""
+    seen: list[tuple[torch.dtype, ...]] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    ref, fast = _pair("SF", "sdpa")
+    ids = torch.randint(3, 128, (2, 37))
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compute_dtype(fast.get_input_embeddings().weight) == torch.bfloat16
+        loss = fast(ids, labels=ids).loss
+        ref_loss = ref(ids, labels=ids).loss
+    loss.backward()
+    assert seen and set(seen) == {(torch.bfloat16,) * 3}
+    assert abs(loss.item() - ref_loss.item()) <= 2e-2
+    assert compute_dtype(fast.get_input_embeddings().weight) == torch.float32
 
 
 def test_cu_seqlens_from_position_ids():
