@@ -90,9 +90,12 @@ def fla_gdn_backward_probe() -> None:
         beta = torch.rand(1, t, h, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         o, _ = chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=1.0)
         o.sum().backward()
-        emit(kind="fla_gdn_backward", ok=True, guard_says_safe=kernels.fla_backward_is_safe())
+        emit(kind="fla_gdn_backward", ok=True, guard_says_safe=kernels.fla_backward_is_safe(),
+             tilelang_backend=kernels.fla_tilelang_backward_available(),
+             verified_against_reference=kernels.gated_delta_backward_verified())
     except Exception as ex:
-        emit(kind="fla_gdn_backward", ok=False, error=repr(ex)[:300], guard_says_safe=kernels.fla_backward_is_safe())
+        emit(kind="fla_gdn_backward", ok=False, error=repr(ex)[:300], guard_says_safe=kernels.fla_backward_is_safe(),
+             tilelang_backend=kernels.fla_tilelang_backward_available())
 
 
 def timing(seq: int) -> None:

@@ -35,18 +35,72 @@ def fla_available() -> bool:
     return True
 
 
+def triton_version() -> str | None:
+    """The installed triton's version, or None without triton."""
+    try:
+        return importlib.import_module("triton").__version__
+    except Exception:
+        return None
+
+
 @functools.cache
-def fla_backward_is_safe() -> bool:
-    """fla refuses (or, before it checked, silently got wrong) the gradients of its gated chunk kernels — GDN and
-    simple GLA alike, through ``chunk_bwd_dqkwg`` — on Hopper with 3.4 <= triton < 3.7.1 (fla issue #640; seen on
-    an H200 with triton 3.6 for both)."""
+def fla_backward_is_safe(kind: str = "gated_delta") -> bool:
+    """Whether fla's backward of this mixer kind can be trusted here. fla refuses (or, before it checked, silently
+    got wrong) the gradients of its gated chunk kernels — GDN and simple GLA alike, through ``chunk_bwd_dqkwg`` —
+    on Hopper with 3.4 <= triton < 3.7.1 (fla issue #640; seen on an H200 with triton 3.6 for both). There, fla
+    serves GDN's gated backward through its TileLang backend when tilelang (and nvcc) are installed: that path is
+    used once ``gated_delta_backward_verified`` has checked it against the reference on this GPU."""
     if torch.cuda.get_device_capability()[0] != 9:
         return True
+    version = triton_version()
+    if version is None:
+        return False
+    if not triton_has_hopper_bwd_bug(version):
+        return True
+    return kind == "gated_delta" and fla_tilelang_backward_available() and gated_delta_backward_verified()
+
+
+@functools.cache
+def fla_tilelang_backward_available() -> bool:
+    """Whether fla's TileLang backend for the gated chunk backward (its fix for #640 on Hopper) can run: fla
+    registers it, tilelang and a usable nvcc are installed, and ``FLA_TILELANG`` does not switch it off."""
     try:
-        version = importlib.import_module("triton").__version__
+        backend = importlib.import_module("fla.ops.common.backends.tilelang").CommonTileLangBackend
+        return bool(backend.can_use())
     except Exception:
         return False
-    return not triton_has_hopper_bwd_bug(version)
+
+
+@functools.cache
+def gated_delta_backward_verified(tolerance: float = 0.05) -> bool:
+    """Run fla's GDN forward + backward once on a small bf16 problem on the current GPU and compare every gradient
+    with the fp32 PyTorch reference (relative L2 error <= ``tolerance``); False if it raises or differs."""
+    try:
+        chunk_gated_delta_rule = importlib.import_module("fla.ops.gated_delta_rule").chunk_gated_delta_rule
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        b, t, h, dk, dv = 1, 192, 2, 64, 128
+
+        def rand(*shape):
+            return torch.randn(*shape, device="cuda", generator=gen)
+
+        q = torch.nn.functional.normalize(rand(b, t, h, dk), dim=-1)
+        k = torch.nn.functional.normalize(rand(b, t, h, dk), dim=-1)
+        v, g = rand(b, t, h, dv), -0.1 * torch.rand(b, t, h, device="cuda", generator=gen)
+        beta, weight = torch.rand(b, t, h, device="cuda", generator=gen), rand(b, t, h, dv)
+        inputs = [q, k, v, g, beta]
+        fast = [x.bfloat16().requires_grad_(True) if i != 3 else x.clone().requires_grad_(True)
+                for i, x in enumerate(inputs)]
+        ref = [x.clone().requires_grad_(True) for x in inputs]
+        o_fast, _ = chunk_gated_delta_rule(*fast[:3], g=fast[3], beta=fast[4], scale=1.0)
+        (o_fast.float() * weight).sum().backward()
+        o_ref, _ = gated_delta_chunked(*ref)
+        (o_ref * weight).sum().backward()
+        for a, r in zip([o_fast, *(x.grad for x in fast)], [o_ref, *(x.grad for x in ref)]):
+            if not bool(torch.isfinite(a).all()) or (a.float() - r).norm() > tolerance * r.norm():
+                return False
+        return True
+    except Exception:
+        return False
 
 
 def triton_has_hopper_bwd_bug(version: str) -> bool:
@@ -64,6 +118,20 @@ def _warn_reference_on_cuda(kind: str) -> None:
     )
 
 
+@functools.cache
+def _warn_unsafe_backward(kind: str) -> None:
+    fix = "Install triton >= 3.7.1 for the fast kernel"
+    if kind == "gated_delta":
+        fix += (", or tilelang (fla's TileLang backend for this backward; it needs nvcc)" if not
+                fla_tilelang_backward_available() else "; fla's TileLang backend is installed but failed the "
+                "one-time check against the PyTorch reference on this GPU (gated_delta_backward_verified)")
+    warnings.warn(
+        f"hybrid_hf: fla's {kind} backward is wrong/refused on Hopper with triton >= 3.4, < 3.7.1 (fla issue #640); "
+        f"training uses the PyTorch reference for these layers instead (inference still uses fla). {fix}.",
+        stacklevel=4,
+    )
+
+
 def use_fla(x: torch.Tensor, kind: str) -> bool:
     """Whether the fla kernel serves this call (CUDA, fla installed, and a trustworthy backward when one is needed).
     On CUDA without fla the reference runs, with a one-time warning."""
@@ -72,13 +140,8 @@ def use_fla(x: torch.Tensor, kind: str) -> bool:
     if not fla_available():
         _warn_reference_on_cuda(kind)
         return False
-    if torch.is_grad_enabled() and x.requires_grad and not fla_backward_is_safe():
-        warnings.warn(
-            f"hybrid_hf: fla's {kind} backward is wrong/refused on Hopper with triton >= 3.4, < 3.7.1 "
-            "(fla issue #640); training uses the PyTorch reference for these layers instead (inference still uses "
-            "fla). Install triton >= 3.7.1 for the fast kernel.",
-            stacklevel=3,
-        )
+    if torch.is_grad_enabled() and x.requires_grad and not fla_backward_is_safe(kind):
+        _warn_unsafe_backward(kind)
         return False
     return True
 

@@ -264,6 +264,49 @@ def test_kernel_dispatch_guard_and_cpu_path():
     assert out.shape == (1, 8, 2, 4) and state.shape == (1, 2, 4, 4)
 
 
+@pytest.mark.parametrize("capability, triton, tilelang, verified, safe_gdn, safe_scalar", [
+    ((9, 0), "3.6.0", True, True, True, False),  # Hopper, #640's triton: GDN via fla's TileLang backend, verified
+    ((9, 0), "3.6.0", True, False, False, False),  # TileLang installed but the check against the reference failed
+    ((9, 0), "3.6.0", False, True, False, False),  # no tilelang: the reference trains
+    ((9, 0), "3.7.1", False, False, True, True),  # fixed triton
+    ((8, 0), "3.6.0", False, False, True, True),  # not Hopper
+    ((9, 0), None, False, False, False, False),  # no triton at all
+])
+def test_fla_backward_guard_decision(monkeypatch, capability, triton, tilelang, verified, safe_gdn, safe_scalar):
+    from hybrid_hf.modeling import linear_attention_dispatch as kernels
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(kernels, "triton_version", lambda: triton)
+    monkeypatch.setattr(kernels, "fla_tilelang_backward_available", lambda: tilelang)
+    monkeypatch.setattr(kernels, "gated_delta_backward_verified", lambda: verified)
+    kernels.fla_backward_is_safe.cache_clear()
+    try:
+        assert kernels.fla_backward_is_safe("gated_delta") is safe_gdn
+        assert kernels.fla_backward_is_safe("scalar") is safe_scalar
+    finally:
+        kernels.fla_backward_is_safe.cache_clear()
+
+
+def test_tilelang_backend_and_verification_are_false_without_a_gpu_stack():
+    from hybrid_hf.modeling import linear_attention_dispatch as kernels
+
+    if not torch.cuda.is_available():
+        assert kernels.gated_delta_backward_verified() is False  # no CUDA: the probe cannot run, so it says no
+    assert isinstance(kernels.fla_tilelang_backward_available(), bool)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_fla_gated_delta_backward_matches_reference_where_it_is_used():
+    """On the GPU: wherever the guard lets fla train GDN, its gradients agree with the reference (the same check
+    ``gated_delta_backward_verified`` runs, here reported as a test)."""
+    from hybrid_hf.modeling import linear_attention_dispatch as kernels
+
+    if not (kernels.fla_available() and kernels.fla_backward_is_safe("gated_delta")):
+        pytest.skip("fla's GDN backward is not used on this machine")
+    kernels.gated_delta_backward_verified.cache_clear()
+    assert kernels.gated_delta_backward_verified()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-fla message; on a GPU fla may be installed")
 def test_cuda_without_fla_says_once_that_the_reference_runs():
     from types import SimpleNamespace
