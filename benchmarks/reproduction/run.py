@@ -7,6 +7,9 @@ data: ``hybrid_hf.data.mixture`` and ``hybrid_hf.data.docstrings``).
   python benchmarks/reproduction/run.py all --out $OUT --seeds 0 1 2 3 --size d256 --steps 1500 --budget-s 500
   python benchmarks/reproduction/run.py report --out DIR --runs CALL1 CALL2 ...     # combine returned runs
 
+``benchmarks/reproduction/step_time.py`` measures one run's step and evaluation cost (eager / compiled, batch,
+P concurrent processes) to size a main call. ``--compile`` torch.compiles each run's training step.
+
 ``--answer-weight W`` (pilot, all, train) weighs the needle answers' tokens W-fold in the training loss (a deviation
 from the paper's plain LM loss, applied to every arm; see ``hybrid_hf.reproduction.study``).
 
@@ -68,7 +71,8 @@ def environment() -> dict:
 
 def overrides(args) -> dict:
     return {"size": args.size, "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
-            "eval_every": args.eval_every, "lr": args.lr, "answer_weight": args.answer_weight}
+            "eval_every": args.eval_every, "lr": args.lr, "answer_weight": args.answer_weight,
+            "compile": True if args.compile else None}
 
 
 def launch(args, jobs: list[tuple[str, str, int]], work: Path, out: Path, deadline: float) -> dict:
@@ -82,6 +86,8 @@ def launch(args, jobs: list[tuple[str, str, int]], work: Path, out: Path, deadli
         for flag in ("steps", "batch", "seq_len", "eval_every", "lr", "answer_weight"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        if args.compile:
+            cmd += ["--compile"]
         if args.no_final:
             cmd += ["--no-final", "--final-reserve-s", str(args.final_reserve_s)]
         if args.checkpoint_dir:
@@ -233,6 +239,7 @@ def main() -> None:
     p.add_argument("--answer-weight", type=float,
                    help="loss weight of the needle answers' tokens (default: the profile's, 1 = the paper's plain LM "
                         "loss; > 1 is a deviation from the paper, recorded in every run and in the report)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each run's training step (same maths)")
     p.add_argument("--budget-s", type=float, default=500.0, help="wall seconds for the whole call (all, pilot)")
     p.add_argument("--checkpoint-dir", help="all: per-run checkpoints here, resumed when present")
     p.add_argument("--runs", nargs="+", help="report: run result files or folders (runs.jsonl, *.json)")

@@ -81,6 +81,7 @@ class StudySettings:
     # Loss weight of the long documents' answer tokens (1.0: the paper's plain LM loss; > 1 is a deviation from the
     # paper, the same for every arm, recorded in each run and printed in the report).
     answer_weight: float = 1.0
+    compile: bool = False  # torch.compile the training step (LoopConfig.compile); same maths, recorded per run
 
     def __post_init__(self) -> None:
         if self.size not in MODEL_SIZES:
@@ -313,7 +314,7 @@ def run_arm(arm: str, seed: int, work: str | Path, s: StudySettings, out_json: s
     probe = CheckpointProbe(prep.tokenizer, prep.held_out, s, full_layers)
     mix = NeedleMixture(prep.tokenizer, prep.train_stream, s.seq_len, s.needles, s.long_fraction, seed=seed)
     loop = LoopConfig(steps=s.steps, lr=s.learning_rate, warmup=s.warmup, eval_steps=s.eval_steps(),
-                      checkpoint_every=max(s.eval_every * 4, 1),
+                      checkpoint_every=max(s.eval_every * 4, 1), compile=s.compile,
                       time_budget_s=max(1.0, deadline - final_reserve_s - time.time()))
     log_fh = open(log_path, "a") if log_path else None  # noqa: SIM115 (closed below)
 

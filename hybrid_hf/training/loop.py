@@ -40,12 +40,17 @@ class LoopConfig:
     checkpoint_every: int = 0  # 0: only at the end (and when the time budget runs out)
     time_budget_s: float = math.inf  # wall seconds of this call (training + evaluation) before stopping early
     bf16: bool = True  # autocast on CUDA
+    # torch.compile the training forward + loss (True: inductor; a string: that torch.compile backend). Evaluation
+    # and checkpoints use the plain module.
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"LoopConfig: steps={self.steps} must be >= 1.")
         if self.lr <= 0:
             raise ValueError(f"LoopConfig: lr={self.lr} must be > 0.")
+        if not isinstance(self.compile, (bool, str)):
+            raise ValueError(f"LoopConfig: compile={self.compile!r}; allowed: False, True or a torch.compile backend name.")
         if self.warmup < 0 or self.checkpoint_every < 0:
             raise ValueError("LoopConfig: warmup and checkpoint_every must be >= 0.")
         bad = [s for s in self.eval_steps if not 0 <= s <= self.steps]
@@ -183,6 +188,15 @@ def train_loop(model: torch.nn.Module, batch_fn: Callable[[int], Batch], cfg: Lo
         if log:
             log({"step": step, "eval": result})
 
+    def forward_loss(batch: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        if weight is None:
+            return model(batch, labels=batch, use_cache=False).loss
+        return weighted_token_loss(model(batch, use_cache=False).logits, batch, weight)
+
+    if cfg.compile:
+        backend = "inductor" if cfg.compile is True else cfg.compile
+        forward_loss = torch.compile(forward_loss, backend=backend, dynamic=False)
+
     if state.step == 0 and 0 in eval_steps:
         run_eval(0)
     model.train()
@@ -196,12 +210,10 @@ def train_loop(model: torch.nn.Module, batch_fn: Callable[[int], Batch], cfg: Lo
             group["lr"] = cfg.lr_at(step)
         batch, weight = split_batch(batch_fn(step))
         batch = batch.to(device, non_blocking=True)
+        if weight is not None:
+            weight = weight.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            if weight is None:
-                loss = model(batch, labels=batch, use_cache=False).loss
-            else:
-                logits = model(batch, use_cache=False).logits
-                loss = weighted_token_loss(logits, batch, weight.to(device, non_blocking=True))
+            loss = forward_loss(batch, weight)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -131,6 +131,22 @@ def test_answer_weight_is_recorded_and_reported(prepared, tmp_path):
         settings_for("smoke", answer_weight=-1.0)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_compiled_training_step_matches_the_eager_loop(prepared, weighted):
+    """LoopConfig.compile traces the forward + loss (here with the aot_eager backend: the same graph capture and
+    autograd as inductor, without code generation); the trained weights equal the eager loop's."""
+    mix, fresh = _mixture_and_model(prepared)
+    batch = (lambda st: mix.weighted_batch(st, 2, 5.0)) if weighted else (lambda st: mix.batch(st, 2))
+    eager, compiled = fresh(), fresh()
+    train_loop(eager, batch, LoopConfig(steps=3, warmup=1))
+    train_loop(compiled, batch, LoopConfig(steps=3, warmup=1, compile="aot_eager"))
+    for p, q in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    assert not any(k.startswith("_orig_mod") for k in compiled.state_dict())
+    with pytest.raises(ValueError, match="compile"):
+        LoopConfig(steps=1, compile=1)
+
+
 def test_loop_resume_matches_a_straight_run(prepared, tmp_path):
     mix, fresh = _mixture_and_model(prepared)
 
@@ -198,3 +214,17 @@ def test_windows_keep_the_paper_ratios():
         settings_for("main", size="huge")
     with pytest.raises(ValueError, match="arm"):
         model_config("swa64", s, 100)
+
+
+def test_step_time_script_smoke(prepared, tmp_path):
+    """benchmarks/reproduction/step_time.py (sizes the main run on the GPU) runs end to end on the smoke profile."""
+    import subprocess
+    import sys
+
+    work, _ = prepared
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduction" / "step_time.py"
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--work", str(work), "--profile", "smoke",
+                    "--size", "tiny", "--arms", "swa128", "--steps", "2", "--warmup", "1"], check=True, timeout=300)
+    row = json.loads((tmp_path / "step_time.jsonl").read_text().splitlines()[0])
+    assert row["arm"] == "swa128" and row["step_ms"] > 0 and row["eval_s"] > 0
+    assert "| swa128 |" in (tmp_path / "step_time.md").read_text()
