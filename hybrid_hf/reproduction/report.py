@@ -43,17 +43,20 @@ LOSS_MARGIN = 0.02  # equivalence margin for losses (nats)
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Per-run result dicts from JSON files, ``.jsonl`` files (one run per line) or folders holding either."""
+    """Per-run result dicts from JSON files, ``.jsonl`` files (one run per line) or folders holding either; other
+    records found there (evaluation logs, environments, analyses) are skipped."""
+
+    def is_run(d: Any) -> bool:
+        return isinstance(d, dict) and {"arm", "seed", "curve", "steps_done"} <= d.keys()
+
     runs: list[dict[str, Any]] = []
     for p in map(Path, paths):
         files = sorted(p.rglob("*.json*")) if p.is_dir() else [p]
         for f in files:
             if f.suffix == ".jsonl":
-                runs += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-            elif f.suffix == ".json":
-                d = json.loads(f.read_text())
-                if isinstance(d, dict) and "arm" in d and "curve" in d:
-                    runs.append(d)
+                runs += [d for line in f.read_text().splitlines() if line.strip() and is_run(d := json.loads(line))]
+            elif f.suffix == ".json" and is_run(d := json.loads(f.read_text())):
+                runs.append(d)
     if not runs:
         raise ValueError(f"load_runs: no run results under {[str(p) for p in paths]}.")
     seen = {}
@@ -169,7 +172,7 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
             if ks:
                 gains.append(float(np.mean([nn[k] - r[k] for k in ks])))
         b_out["mean_gain_over_lengths"] = _comparison([0.0] * len(gains), gains) if len(gains) >= 2 else None
-        b_out["verdict"] = _verdict_nope(b_out, len(seeds))
+        b_out["verdict"] = _verdict_nope(b_out, len(seeds), _reached(runs, "swa128") or _reached(runs, "swa128-nope"))
         res["nope"] = b_out
 
     # (1) convergence to full attention at the final checkpoint
@@ -185,7 +188,7 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 entry[key] = ({**_comparison(x, y), "equivalence": equivalence_test(x, y, margin)}
                               if len(x) >= 2 else None)
             c_out[arm] = entry
-        c_out["verdict"] = _verdict_convergence(c_out, min(n_seeds.values()))
+        c_out["verdict"] = _verdict_convergence(c_out, min(n_seeds.values()), _reached(runs, "full"))
         res["convergence"] = c_out
     return res
 
@@ -213,7 +216,12 @@ def _verdict_trend(a_out: dict[str, Any], n: int) -> dict[str, Any]:
             "seeds_for_80pct_power": need}
 
 
-def _verdict_nope(b_out: dict[str, Any], n: int) -> dict[str, Any]:
+def _reached(runs: list[dict[str, Any]], arm: str) -> bool:
+    """Whether any run of ``arm`` met the NIAH criterion at its last checkpoint (retrieval was learned at all)."""
+    return any(r["curve"][-1]["niah"]["acc"] >= r["settings"]["niah_threshold"] for r in runs if r["arm"] == arm)
+
+
+def _verdict_nope(b_out: dict[str, Any], n: int, learned: bool = True) -> dict[str, Any]:
     g = b_out.get("mean_gain_over_lengths")
     eq = b_out.get("short_loss_equivalence")
     if not g:
@@ -222,6 +230,12 @@ def _verdict_nope(b_out: dict[str, Any], n: int) -> dict[str, Any]:
     txt = (f"NIAH gain (mean over lengths) {100 * g['mean_diff']:+.1f} points [{100 * g['low']:+.1f}, "
            f"{100 * g['high']:+.1f}]; short-loss difference {eq['mean_diff']:+.4f} [{eq['low']:+.4f}, "
            f"{eq['high']:+.4f}] nats (90% CI; margin {LOSS_MARGIN})" if eq else "")
+    if not learned:  # no gain can show while neither arm retrieves; a short-context cost can still refute "no cost"
+        if eq is not None and eq["low"] > LOSS_MARGIN:
+            return {"verdict": "not reproduced", "why": "short-context cost: " + txt + "; the NIAH gain is not "
+                    "judged (no swa128 or swa128-nope run learned retrieval)"}
+        return {"verdict": f"inconclusive at {n} seeds", "why": "no swa128 or swa128-nope run learned retrieval "
+                "(final NIAH below the criterion in every seed): " + txt}
     if g["low"] > 0 and harmless:
         return {"verdict": "reproduced", "why": txt}
     if g["high"] < 0 or (abs(g["low"]) < NIAH_MARGIN and abs(g["high"]) < NIAH_MARGIN) or \
@@ -230,10 +244,13 @@ def _verdict_nope(b_out: dict[str, Any], n: int) -> dict[str, Any]:
     return {"verdict": f"inconclusive at {n} seeds", "why": txt, "seeds_for_80pct_power": g["seeds_for_80pct_power"]}
 
 
-def _verdict_convergence(c_out: dict[str, Any], n: int) -> dict[str, Any]:
+def _verdict_convergence(c_out: dict[str, Any], n: int, full_learned: bool = True) -> dict[str, Any]:
     niah = {a: e["final_niah"] for a, e in c_out.items() if isinstance(e, dict) and e.get("final_niah")}
     if not niah:
         return {"verdict": f"inconclusive at {n} seeds", "why": "fewer than 2 paired seeds"}
+    if not full_learned:  # "as good as full" is vacuous while full itself does not retrieve
+        return {"verdict": f"inconclusive at {n} seeds", "why": "the full-attention baseline did not learn retrieval "
+                "(final NIAH below the criterion in every seed)"}
     eq = {a: e["equivalence"]["equivalent"] for a, e in niah.items()}
     differs = {a: e["p_t"] < ALPHA and abs(e["mean_diff"]) >= NIAH_MARGIN for a, e in niah.items()}
     txt = "; ".join(f"{a} - full {100 * e['mean_diff']:+.0f} points [{100 * e['low']:+.0f}, {100 * e['high']:+.0f}]"
