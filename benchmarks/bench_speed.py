@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -45,6 +46,7 @@ from hybrid_hf.modeling.attention_kernels import causal_attention  # noqa: E402
 PEAK_FLOPS = 790e12  # bf16 dense matmul measured on the H200 (KINDS.md); the baseline file uses the same
 TRAIN_CASES: list[str] | None = None
 FORCED_KERNELS = False
+TRAIN_PRECISIONS: list[str] = ["bf16"]  # "amp": fp32 weights under bf16 autocast, as Trainer(bf16=True) trains
 RESULTS: list[dict] = []
 OUT: Path | None = None
 SMOKE = False
@@ -178,7 +180,7 @@ def _vs_best(row: dict, kind: str, batch: int | None = None) -> float | None:
 
 
 def _train_run(case: str, variant: str, impl: str, build, layer_types, window, *, compile_blocks: bool = False,
-               compile_model: bool = False) -> None:
+               compile_model: bool = False, amp: bool = False) -> None:
     """One train row; ``build()`` makes the model (after the skip check, so skipped rows cost nothing)."""
     name = f"{variant} [{case}]"
     skip = compile_skip_reason() if (compile_blocks or compile_model) else None
@@ -187,7 +189,7 @@ def _train_run(case: str, variant: str, impl: str, build, layer_types, window, *
         return
     t0 = time.time()
     try:
-        _train_case(name, case, variant, impl, build(), layer_types, window, compile_blocks, compile_model, t0)
+        _train_case(name, case, variant, impl, build(), layer_types, window, compile_blocks, compile_model, t0, amp)
     except Exception as ex:  # one failing case must not hide the others
         emit(kind="train_error", model=name, case=case, impl=impl, error=repr(ex)[:500],
              tb=traceback.format_exc()[-1500:], row_wall_s=round(time.time() - t0, 1))
@@ -196,10 +198,10 @@ def _train_run(case: str, variant: str, impl: str, build, layer_types, window, *
 
 
 def _train_case(name: str, case: str, variant: str, impl: str, model, layer_types, window, compile_blocks: bool,
-                compile_model: bool, t_row: float) -> None:
+                compile_model: bool, t_row: float, amp: bool = False) -> None:
     s = shapes()
     dev = device()
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    dtype = torch.bfloat16 if dev == "cuda" and not amp else torch.float32
     model = model.to(dev, dtype).train()
     params = list(model.parameters())
     if compile_blocks:
@@ -210,7 +212,8 @@ def _train_case(name: str, case: str, variant: str, impl: str, model, layer_type
     losses = []
 
     def step():
-        out = run_model(input_ids=ids, labels=ids)
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
+            out = run_model(input_ids=ids, labels=ids)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -253,21 +256,24 @@ def train() -> None:
         ("1:1 SWA-128 NoPE-full", swa_pattern(1, n), 128 if not SMOKE else 8,
          {"position_encodings": {"full_attention": "nope", "sliding_attention": "rope"}}),
     ]
-    for label, lt, w, extra in cases:
+    for (label, lt, w, extra), precision in itertools.product(cases, TRAIN_PRECISIONS):
         if TRAIN_CASES is not None and label not in TRAIN_CASES:
             continue
+        amp = precision == "amp"
+        case = f"{label} amp" if amp else label  # ratios compare rows of one precision
+        run = partial(_train_run, case, amp=amp)
         # baselines first: every hybrid_hf row's ratio is to the fastest of them
-        _train_run(label, "transformers Qwen3 sdpa", "transformers", partial(qwen3_model, lt, w), lt, w)
-        _train_run(label, "transformers Qwen3 sdpa + torch.compile", "transformers", partial(qwen3_model, lt, w),
-                   lt, w, compile_model=True)
+        run("transformers Qwen3 sdpa", "transformers", partial(qwen3_model, lt, w), lt, w)
+        run("transformers Qwen3 sdpa + torch.compile", "transformers", partial(qwen3_model, lt, w), lt, w,
+            compile_model=True)
         cfg = ours_config(lt, w, fused_cross_entropy=True, **extra)
-        _train_run(label, "hybrid_hf kernels+fusedCE", "hybrid_hf", partial(HybridForCausalLM, cfg), lt, w)
-        _train_run(label, "hybrid_hf kernels+fusedCE+compile", "hybrid_hf", partial(HybridForCausalLM, cfg), lt, w,
-                   compile_blocks=True)
+        run("hybrid_hf kernels+fusedCE", "hybrid_hf", partial(HybridForCausalLM, cfg), lt, w)
+        run("hybrid_hf kernels+fusedCE+compile", "hybrid_hf", partial(HybridForCausalLM, cfg), lt, w,
+            compile_blocks=True)
         for forced in _forced_train_kernels() if FORCED_KERNELS else []:  # another kernel forced for every layer
             forced_cfg = ours_config(lt, w, fused_cross_entropy=True, attention_kernel=forced, **extra)
-            _train_run(label, f"hybrid_hf {forced}+fusedCE+compile", "hybrid_hf",
-                       partial(HybridForCausalLM, forced_cfg), lt, w, compile_blocks=True)
+            run(f"hybrid_hf {forced}+fusedCE+compile", "hybrid_hf", partial(HybridForCausalLM, forced_cfg), lt, w,
+                compile_blocks=True)
     # GDN hybrid (1:1 with full attention) when the mixer is available (no transformers model of these shapes)
     if TRAIN_CASES is not None and "1:1 GDN" not in TRAIN_CASES:
         return
@@ -649,7 +655,7 @@ def markdown(env: dict) -> str:
              "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items() if k != "command"), ""]
     rows = [r for r in RESULTS if r.get("kind") == "train"]
     if rows:
-        lines += ["## Train step (bf16, AdamW fused)", "",
+        lines += ["## Train step (bf16 weights; cases ending in 'amp': fp32 weights under bf16 autocast; AdamW fused)", "",
                   "Ratio: tokens/s over the fastest transformers row of the same case in this run "
                   "(eager SDPA or `torch.compile(model)`).", "",
                   "| case | model | tokens/step | tok/s | / best transformers | MFU 6N | MFU 6N+attn | peak GiB |"
@@ -756,6 +762,9 @@ def main() -> None:
     parser.add_argument("--forced-kernels", action="store_true",
                         help="train section: also run hybrid_hf with each other available attention kernel forced "
                              "(flex, flash_attn) + compile (off by default: it costs a compile per kernel and case)")
+    parser.add_argument("--train-precisions", nargs="+", choices=["bf16", "amp"], default=["bf16"],
+                        help="train section: bf16 weights (default) and/or amp = fp32 weights under bf16 autocast, "
+                             "as Trainer(bf16=True) trains (its rows are the case name + ' amp')")
     parser.add_argument("--decode-models", nargs="+", choices=DECODE_MODELS, default=list(DECODE_MODELS),
                         help="decode section: model kinds (default: all)")
     parser.add_argument("--decode-batches", nargs="+", type=int, default=DECODE_BATCHES,
@@ -771,6 +780,7 @@ def main() -> None:
                              "batch-1 prompt)")
     args = parser.parse_args()
     OUT, SMOKE, TRAIN_CASES, FORCED_KERNELS = args.out, args.smoke, args.train_cases, args.forced_kernels
+    TRAIN_PRECISIONS[:] = args.train_precisions
     if min(args.decode_batches) < 1 or args.decode_rounds < 1 or args.check_steps < 1:
         parser.error("--decode-batches, --decode-rounds and --check-steps must be positive")
     DECODE_SELECTED.update(models=args.decode_models, batches=args.decode_batches, rows=args.decode_rows,
