@@ -139,7 +139,9 @@ def timing(seq: int) -> None:
                 row[f"{name}_{label}"] = round((time.perf_counter() - t0) / 3 * 1e3, 2)
             except Exception as ex:
                 row[f"{name}_{label}_error"] = repr(ex)[:200]
-    row["backward_path"] = "fla" if kernels.fla_available() and kernels.fla_backward_is_safe() else "PyTorch reference"
+    row["backward_path"] = ", ".join(
+        f"{kind}: {'fla' if kernels.fla_available() and kernels.fla_backward_is_safe(kind) else 'PyTorch reference'}"
+        for kind in ("gated_delta", "scalar"))
     emit(**row)
 
 

@@ -35,6 +35,9 @@ def measure(arm: str, batch: int, compile: bool, args) -> dict:
     s = settings_for(args.profile, size=args.size, batch=batch, answer_weight=args.answer_weight)
     prep = prepare(args.work, s)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    torch.compiler.reset()  # every configuration compiles afresh (no recompile limit reached across rows)
     torch.manual_seed(0)
     cfg = model_config(arm, s, len(prep.tokenizer))
     model = HybridForCausalLM(cfg).to(dev)

@@ -159,7 +159,7 @@ def causal_attention(
     Under autocast the inputs are cast to its dtype first, as ``scaled_dot_product_attention`` is under autocast
     (RoPE with fp32 tables leaves q/k in fp32 while v comes out of the projection in the autocast dtype).
     """
-    dtype = compute_dtype(v)
+    dtype = compute_dtype(q)  # the projections' dtype (v may come from a cache buffer of another dtype)
     if not (q.dtype == k.dtype == v.dtype == dtype):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if cu_seqlens is None:

@@ -60,9 +60,10 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     if not runs:
         raise ValueError(f"load_runs: no run results under {[str(p) for p in paths]}.")
     seen = {}
-    for r in runs:  # a run returned twice (e.g. a resumed call) keeps its longest version
+    for r in runs:  # a run returned twice (e.g. a resumed call) keeps its longest version, with its final evaluation
         key = (r["arm"], r["seed"])
-        if key not in seen or r["steps_done"] > seen[key]["steps_done"]:
+        rank = (r["steps_done"], bool(r.get("final_niah")))
+        if key not in seen or rank > (seen[key]["steps_done"], bool(seen[key].get("final_niah"))):
             seen[key] = r
     return sorted(seen.values(), key=lambda r: (r["arm"], r["seed"]))
 
@@ -230,17 +231,15 @@ def _verdict_nope(b_out: dict[str, Any], n: int, learned: bool = True) -> dict[s
     txt = (f"NIAH gain (mean over lengths) {100 * g['mean_diff']:+.1f} points [{100 * g['low']:+.1f}, "
            f"{100 * g['high']:+.1f}]; short-loss difference {eq['mean_diff']:+.4f} [{eq['low']:+.4f}, "
            f"{eq['high']:+.4f}] nats (90% CI; margin {LOSS_MARGIN})" if eq else "")
-    if not learned:  # no gain can show while neither arm retrieves; a short-context cost can still refute "no cost"
-        if eq is not None and eq["low"] > LOSS_MARGIN:
-            return {"verdict": "not reproduced", "why": "short-context cost: " + txt + "; the NIAH gain is not "
-                    "judged (no swa128 or swa128-nope run learned retrieval)"}
-        return {"verdict": f"inconclusive at {n} seeds", "why": "no swa128 or swa128-nope run learned retrieval "
-                "(final NIAH below the criterion in every seed): " + txt}
     if g["low"] > 0 and harmless:
         return {"verdict": "reproduced", "why": txt}
-    if g["high"] < 0 or (abs(g["low"]) < NIAH_MARGIN and abs(g["high"]) < NIAH_MARGIN) or \
-            (eq is not None and eq["low"] > LOSS_MARGIN):
+    if g["high"] < 0 or (eq is not None and eq["low"] > LOSS_MARGIN):
         return {"verdict": "not reproduced", "why": txt}
+    if abs(g["low"]) < NIAH_MARGIN and abs(g["high"]) < NIAH_MARGIN:  # no gain: meaningful only if retrieval exists
+        if learned:
+            return {"verdict": "not reproduced", "why": txt}
+        return {"verdict": f"inconclusive at {n} seeds", "why": "no swa128 or swa128-nope run learned retrieval "
+                "(final NIAH below the criterion in every seed), so 'no gain' is not evidence: " + txt}
     return {"verdict": f"inconclusive at {n} seeds", "why": txt, "seeds_for_80pct_power": g["seeds_for_80pct_power"]}
 
 
@@ -248,14 +247,14 @@ def _verdict_convergence(c_out: dict[str, Any], n: int, full_learned: bool = Tru
     niah = {a: e["final_niah"] for a, e in c_out.items() if isinstance(e, dict) and e.get("final_niah")}
     if not niah:
         return {"verdict": f"inconclusive at {n} seeds", "why": "fewer than 2 paired seeds"}
-    if not full_learned:  # "as good as full" is vacuous while full itself does not retrieve
-        return {"verdict": f"inconclusive at {n} seeds", "why": "the full-attention baseline did not learn retrieval "
-                "(final NIAH below the criterion in every seed)"}
     eq = {a: e["equivalence"]["equivalent"] for a, e in niah.items()}
     differs = {a: e["p_t"] < ALPHA and abs(e["mean_diff"]) >= NIAH_MARGIN for a, e in niah.items()}
     txt = "; ".join(f"{a} - full {100 * e['mean_diff']:+.0f} points [{100 * e['low']:+.0f}, {100 * e['high']:+.0f}]"
                     for a, e in niah.items())
     if all(eq.values()):
+        if not full_learned:  # "as good as full" is vacuous while full itself does not retrieve
+            return {"verdict": f"inconclusive at {n} seeds", "why": "the full-attention baseline did not learn "
+                    f"retrieval (final NIAH below the criterion in every seed): {txt}"}
         return {"verdict": "reproduced", "why": f"every hybrid within +-{NIAH_MARGIN:.0%} of full (TOST): {txt}"}
     if any(differs.values()):
         return {"verdict": "not reproduced at this training length",

@@ -16,7 +16,15 @@ pytest.importorskip("matplotlib")
 from hybrid_hf import HybridForCausalLM  # noqa: E402
 from hybrid_hf.data import NeedleMixture  # noqa: E402
 from hybrid_hf.modeling.loss import shift_labels  # noqa: E402
-from hybrid_hf.reproduction import load_runs, model_config, prepare, run_arm, settings_for, write_report  # noqa: E402
+from hybrid_hf.reproduction import (  # noqa: E402
+    analyse,
+    load_runs,
+    model_config,
+    prepare,
+    run_arm,
+    settings_for,
+    write_report,
+)
 from hybrid_hf.training import LoopConfig, train_loop, weighted_token_loss  # noqa: E402
 
 
@@ -206,7 +214,20 @@ def test_pipeline_smoke(prepared, tmp_path):
     # nothing retrieves after 3 tiny steps: "as good as full" and a NoPE NIAH gain cannot be judged
     assert res["convergence"]["verdict"]["verdict"].startswith("inconclusive")
     assert "did not learn retrieval" in res["convergence"]["verdict"]["why"]
-    assert res["nope"]["verdict"]["verdict"] == "not reproduced" or "learned retrieval" in res["nope"]["verdict"]["why"]
+    assert res["nope"]["verdict"]["verdict"].startswith("inconclusive")
+    assert "learned retrieval" in res["nope"]["verdict"]["why"]
+    # a clear NoPE gain below the NIAH criterion (0.0 -> 0.30/0.35 at every length, same short loss) is reproduced:
+    # the "did it learn retrieval" precondition guards only the "no gain" branch
+    import copy
+
+    edited = copy.deepcopy(runs)
+    base = {r["seed"]: r for r in edited if r["arm"] == "swa128"}
+    for r in edited:
+        if r["arm"] in ("swa128", "swa128-nope"):
+            acc = 0.0 if r["arm"] == "swa128" else 0.30 + 0.05 * r["seed"]
+            r["final_niah"] = {k: {**v, "acc": acc} for k, v in r["final_niah"].items()}
+            r["curve"][-1]["short_loss"] = base[r["seed"]]["curve"][-1]["short_loss"]
+    assert analyse(edited)["nope"]["verdict"]["verdict"] == "reproduced"
     text = (tmp_path / "report" / "report.md").read_text()
     assert "(a) Large-Window Laziness" in text and "(b) NoPE gain" in text
     assert "plain next-token loss (answer_weight 1)" in text
@@ -234,3 +255,13 @@ def test_step_time_script_smoke(prepared, tmp_path):
     row = json.loads((tmp_path / "step_time.jsonl").read_text().splitlines()[0])
     assert row["arm"] == "swa128" and row["step_ms"] > 0 and row["eval_s"] > 0
     assert "| swa128 |" in (tmp_path / "step_time.md").read_text()
+
+
+def test_load_runs_keeps_the_longest_record_with_its_final_evaluation(tmp_path):
+    """An intermediate leg (no final evaluation) and the last leg of the same run, equally long: the last wins."""
+    rec = {"arm": "full", "seed": 0, "curve": [], "steps_done": 10, "final_niah": {}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "runs.jsonl").write_text(json.dumps(rec) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({**rec, "final_niah": {"64": {"acc": 1.0}}}) + "\n")
+    (got,) = load_runs([tmp_path / "a", tmp_path / "b.jsonl"])
+    assert got["final_niah"] == {"64": {"acc": 1.0}}
