@@ -27,7 +27,15 @@ import torch  # noqa: E402
 
 from hybrid_hf import HybridForCausalLM  # noqa: E402
 from hybrid_hf.data import NeedleMixture  # noqa: E402
-from hybrid_hf.reproduction import ARMS, MODEL_SIZES, CheckpointProbe, model_config, prepare, settings_for  # noqa: E402
+from hybrid_hf.reproduction import (  # noqa: E402
+    ARMS,
+    MODEL_SIZES,
+    CheckpointProbe,
+    batch_function,
+    model_config,
+    prepare,
+    settings_for,
+)
 from hybrid_hf.training import LoopConfig, train_loop  # noqa: E402
 
 
@@ -43,12 +51,13 @@ def measure(arm: str, batch: int, compile: bool, args) -> dict:
     model = HybridForCausalLM(cfg).to(dev)
     mix = NeedleMixture(prep.tokenizer, prep.train_stream, s.seq_len, s.needles, s.long_fraction, seed=0)
     stamps: list[float] = []
+    batches = batch_function(mix, s)  # exactly what run_arm trains on
 
     def batch_fn(step: int):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
-        return mix.weighted_batch(step, batch, s.answer_weight) if s.answer_weight != 1.0 else mix.batch(step, batch)
+        return batches(step)
 
     total = args.warmup + args.steps
     t0 = time.perf_counter()

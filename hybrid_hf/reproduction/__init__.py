@@ -10,11 +10,12 @@ from .study import (
            SWA_ARMS,
            CheckpointProbe,
            StudySettings,
+           batch_function,
            model_config,
            prepare,
            run_arm,
            settings_for,
 )
 
-__all__ = ["ARMS", "MODEL_SIZES", "PROFILES", "SWA_ARMS", "CheckpointProbe", "StudySettings", "analyse", "load_runs",
+__all__ = ["ARMS", "MODEL_SIZES", "PROFILES", "SWA_ARMS", "CheckpointProbe", "StudySettings", "analyse", "batch_function", "load_runs",
            "loss_statement", "model_config", "prepare", "run_arm", "settings_for", "write_report"]

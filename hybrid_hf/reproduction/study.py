@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,14 @@ class CheckpointProbe:
 
 
 # ---------------------------------------------------------------------------------------------- one run
+def batch_function(mix: NeedleMixture, s: StudySettings) -> Callable[[int], Any]:
+    """``batch_fn(step)`` of a run for ``train_loop``: plain token ids (``answer_weight`` 1, the paper's loss) or
+    ids with the answer tokens' loss weights (``NeedleMixture.weighted_batch``)."""
+    if s.answer_weight == 1.0:
+        return lambda step: mix.batch(step, s.batch)
+    return lambda step: mix.weighted_batch(step, s.batch, s.answer_weight)
+
+
 def run_arm(arm: str, seed: int, work: str | Path, s: StudySettings, out_json: str | Path,
             checkpoint: str | Path | None = None, resume: bool = False, deadline: float = math.inf,
             final_reserve_s: float = 0.0, log_path: str | Path | None = None, final: bool = True) -> dict[str, Any]:
@@ -326,11 +335,7 @@ def run_arm(arm: str, seed: int, work: str | Path, s: StudySettings, out_json: s
             log_fh.flush()
 
     t0 = time.time()
-    if s.answer_weight == 1.0:
-        batch_fn = lambda step: mix.batch(step, s.batch)  # noqa: E731
-    else:
-        batch_fn = lambda step: mix.weighted_batch(step, s.batch, s.answer_weight)  # noqa: E731
-    state = train_loop(model, batch_fn, loop, probe, checkpoint, resume, log)
+    state = train_loop(model, batch_function(mix, s), loop, probe, checkpoint, resume, log)
     model.eval()
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         done = state.step == s.steps or not math.isinf(deadline)
