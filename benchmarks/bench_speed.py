@@ -5,7 +5,8 @@ Every hybrid_hf ratio is to the fastest transformers row of the same case (and b
 Sections (each writes JSON lines; a Markdown table is rendered at the end):
   train    train step tokens/s, MFU and peak memory (3:1 SWA-512, 1:1 SWA-128 + NoPE full, GDN hybrid); baselines:
            transformers Qwen3 SDPA eager and torch.compile(model); ours eager and compile_layers() (--forced-kernels:
-           also with FlexAttention / flash-attn forced)
+           also with FlexAttention / flash-attn forced; --train-precisions bf16 amp: also fp32 weights under bf16
+           autocast, as Trainer(bf16=True) trains, as cases named "... amp")
   prefill  32k prefill (ours vs Qwen3) and 128k prefill of a ~1B 1:1 SWA-128 hybrid (ours)
   decode   greedy decode of 128 tokens at 32k context, batch 1 and 16, all-full and 3:1 SWA-512: Qwen3 generate
            (dynamic cache; static cache, auto-compiled) built from our weights through hybrid_hf.export vs ours
