@@ -171,6 +171,7 @@ def train_loop(model: torch.nn.Module, batch_fn: Callable[[int], Batch], cfg: Lo
     state = LoopState()
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, model, optimizer)
+        state.stopped_early = False  # this call's budget decides (a resumed leg may well finish)
     eval_steps = set(cfg.eval_steps)
     use_bf16 = cfg.bf16 and device.type == "cuda"
     t_call = time.time()

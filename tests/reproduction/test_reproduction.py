@@ -176,6 +176,17 @@ def test_loop_resume_matches_a_straight_run(prepared, tmp_path):
     assert full.history[-1]["p0"] == pytest.approx(rest.history[-1]["p0"])
 
 
+def test_a_resumed_leg_that_finishes_is_not_marked_stopped_early(prepared, tmp_path):
+    mix, fresh = _mixture_and_model(prepared)
+    ckpt = tmp_path / "run.pt"
+    cut = train_loop(fresh(), lambda st: mix.batch(st, 2), LoopConfig(steps=2, warmup=1, time_budget_s=0.0),
+                     checkpoint=ckpt)
+    assert cut.stopped_early and cut.step == 0 and ckpt.exists()
+    done = train_loop(fresh(), lambda st: mix.batch(st, 2), LoopConfig(steps=2, warmup=1), checkpoint=ckpt,
+                      resume=True)
+    assert done.step == 2 and not done.stopped_early
+
+
 def test_chained_legs_skip_then_run_the_final_evaluation(prepared, tmp_path):
     """An intermediate leg (final=False) leaves final_niah empty and a checkpoint; the resumed last leg adds it."""
     work, _ = prepared
