@@ -1,5 +1,6 @@
 """Small-sample statistics for seed-replicated training experiments: confidence intervals, paired tests, a monotone
-trend test across ordered conditions, equivalence (TOST) and power / sample-size estimates.
+trend test across ordered conditions, censoring-aware time-to-event tools (log-rank trend test, Kaplan-Meier),
+equivalence (TOST) and power / sample-size estimates.
 
 Conventions: every function takes plain sequences of floats (one value per seed), returns a JSON-ready ``dict``,
 and raises ``ValueError`` naming the argument on bad input. Paired functions pair ``a[i]`` with ``b[i]`` (the same
@@ -122,6 +123,84 @@ def trend_test(table: Sequence[Sequence[float]], increasing: bool = True) -> dic
     return {"n_seeds": t.shape[0], "n_conditions": t.shape[1], "increasing": increasing, "page_L": float(page.statistic),
             "p_page": float(page.pvalue), "page_method": page.method, "mean_spearman": float(np.mean(rhos)),
             "spearman_per_seed": rhos, "strictly_monotone_seeds": monotone}
+
+
+def _logrank_u(times: np.ndarray, events: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """Score statistic sum_j s_j (O_j - E_j) over the pooled risk sets and its hypergeometric variance."""
+    u = v = 0.0
+    for tau in np.unique(times[events]):
+        risk = times >= tau
+        n, d = int(risk.sum()), int((events & (times == tau)).sum())
+        s_risk = scores[risk]
+        u += float(scores[events & (times == tau)].sum()) - d * float(s_risk.mean())
+        if n > 1:
+            v += d * (n - d) / (n - 1) * float(s_risk.var())
+    return u, v
+
+
+def logrank_trend_test(times: Sequence[Sequence[float]], events: Sequence[Sequence[bool]], increasing: bool = True,
+                       exact_limit: int = 200_000, n_perm: int = 20_000, seed: int = 0) -> dict[str, Any]:
+    """Censoring-aware trend test of time-to-event across ordered conditions (the log-rank test for trend).
+
+    ``times[seed][j]`` is the event time (e.g. the emergence step) of condition ``j`` of one seed, ``events[seed][j]``
+    whether the event was observed (``False``: censored at that time, e.g. never emerged within the run). The score
+    statistic ``U = sum_j j (O_j - E_j)`` over the pooled risk sets is negative when higher conditions have their
+    events later. Returns the asymptotic one-sided p (normal approximation of ``U / sqrt(V)``) and a permutation p
+    that shuffles conditions within each seed (exact when the ``(k!)^n`` arrangements are at most ``exact_limit``,
+    else ``n_perm`` random ones). ``increasing=True`` tests "later events at higher conditions".
+    """
+    import itertools
+
+    from scipy import stats
+
+    t = np.asarray([list(r) for r in times], dtype=float)
+    e = np.asarray([list(r) for r in events], dtype=bool)
+    if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 2:
+        raise ValueError(f"times: need seeds x conditions (at least 1 x 2), got shape {t.shape}.")
+    if e.shape != t.shape:
+        raise ValueError(f"events: shape {e.shape} must equal the shape of times {t.shape}.")
+    if not np.all(np.isfinite(t)):
+        raise ValueError("times: values must be finite numbers (a censored run gives its last step).")
+    n_seeds, k = t.shape
+    base = np.tile(np.arange(k, dtype=float), n_seeds)
+    u, v = _logrank_u(t.ravel(), e.ravel(), base)
+    sign = -1.0 if increasing else 1.0  # the predicted direction gives sign * U > 0
+    z = sign * u / math.sqrt(v) if v > 0 else 0.0
+    perms = list(itertools.permutations(range(k)))
+    total = len(perms) ** n_seeds
+    if total <= exact_limit:
+        arrangements = itertools.product(perms, repeat=n_seeds)
+        method = "exact"
+    else:
+        rng = np.random.default_rng(seed)
+        arrangements = ([perms[i] for i in rng.integers(0, len(perms), n_seeds)] for _ in range(n_perm))
+        method = f"monte carlo ({n_perm})"
+    observed = sign * u
+    hits = count = 0
+    for arr in arrangements:
+        scores = np.concatenate([np.asarray(p, dtype=float) for p in arr])
+        hits += sign * _logrank_u(t.ravel(), e.ravel(), scores)[0] >= observed - 1e-9
+        count += 1
+    return {"n_seeds": n_seeds, "n_conditions": k, "increasing": increasing, "events": int(e.sum()),
+            "censored": int((~e).sum()), "U": u, "var_U": v, "z": z, "p_asymptotic": float(stats.norm.sf(z)),
+            "p_permutation": hits / count, "permutation_method": method}
+
+
+def kaplan_meier(times: Sequence[float], events: Sequence[bool]) -> dict[str, list[float]]:
+    """Kaplan-Meier estimate of the fraction still without the event: ``{"time": [...], "survival": [...]}``, one
+    point per distinct event time (starting at time 0, survival 1). ``1 - survival`` is the fraction of runs in
+    which the event (e.g. retrieval emergence) has happened, censored runs counted correctly."""
+    t = _values("times", times, min_n=1)
+    ev = np.asarray(list(events), dtype=bool)
+    if ev.shape != t.shape:
+        raise ValueError(f"events: length {len(ev)} must equal the length of times {len(t)}.")
+    out_t, out_s, surv = [0.0], [1.0], 1.0
+    for tau in np.unique(t[ev]):
+        at_risk = int((t >= tau).sum())
+        surv *= 1.0 - int((ev & (t == tau)).sum()) / at_risk
+        out_t.append(float(tau))
+        out_s.append(surv)
+    return {"time": out_t, "survival": out_s}
 
 
 def equivalence_test(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05) -> dict[str, Any]:

@@ -29,6 +29,8 @@ import numpy as np
 from ..analysis.statistics import (
     equivalence_test,
     first_crossing,
+    kaplan_meier,
+    logrank_trend_test,
     mean_ci,
     normalised_auc,
     paired_test,
@@ -94,9 +96,15 @@ def run_metrics(r: dict[str, Any], until: int) -> dict[str, Any]:
 def _by_arm(runs: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
     until = min(r["curve"][-1]["step"] for r in runs)
     out: dict[str, dict[int, dict[str, Any]]] = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (_arm_rank(r["arm"]), r["seed"])):
         out.setdefault(r["arm"], {})[r["seed"]] = run_metrics(r, until)
     return out
+
+
+def _arm_rank(arm: str) -> int:
+    """Report order of the arms: full, the SWA windows ascending, NoPE, GDN, then anything else."""
+    order = ["full", *SWA_ARMS, "swa128-nope", "gdn"]
+    return order.index(arm) if arm in order else len(order)
 
 
 def _paired(m: dict, a: str, b: str, key: str, sub: str | None = None) -> tuple[list[float], list[float], list[int]]:
@@ -150,6 +158,9 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 entry["mid_minus_small"] = _comparison([r[0] for r in table], [r[1] for r in table])
                 entry["large_minus_mid"] = _comparison([r[1] for r in table], [r[2] for r in table])
                 entry["censored"] = {a: sum(m[a][sd].get(key + "_censored", False) for sd in seeds) for a in swa}
+                if key.startswith("emergence"):  # sensitivity analysis that treats never-emerged runs as censored
+                    events = [[not m[a][sd].get(key + "_censored", False) for a in swa] for sd in seeds]
+                    entry["logrank_trend"] = logrank_trend_test(table, events, increasing=True)
             entry["per_arm"] = {a: mean_ci([row[i] for row in table]) if len(table) > 1 else None
                                 for i, a in enumerate(swa)}
             a_out[key] = entry
@@ -205,8 +216,10 @@ def _verdict_trend(a_out: dict[str, Any], n: int) -> dict[str, Any]:
     if all_censored:
         return {"verdict": f"inconclusive at {n} seeds", "why": "no SWA run reached the NIAH criterion"}
     if p < ALPHA and primary["trend"]["mean_spearman"] > 0:
+        lr = primary.get("logrank_trend")
+        sens = (f"; censoring-aware log-rank trend p={lr['p_permutation']:.3g} (exact permutation)" if lr else "")
         return {"verdict": "reproduced", "why": f"Page trend p={p:.3g} (emergence step grows with the window), "
-                f"area-under-curve trend p={p_auc:.3g}"}
+                f"area-under-curve trend p={p_auc:.3g}{sens}"}
     opposite = paired_test([r[0] for r in primary["table"]], [r[2] for r in primary["table"]], alternative="less")
     if opposite["p_t"] < ALPHA and primary["trend"]["mean_spearman"] < 0:
         return {"verdict": "not reproduced", "why": f"emergence is earlier with the larger window (paired t p="
@@ -271,18 +284,20 @@ def plots(runs: list[dict[str, Any]], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = sorted({r["arm"] for r in runs}, key=lambda a: ["full", *SWA_ARMS, "swa128-nope", "gdn"].index(a)
-                  if a in ["full", *SWA_ARMS, "swa128-nope", "gdn"] else 99)
+    arms = sorted({r["arm"] for r in runs}, key=_arm_rank)
     color = {a: f"C{i}" for i, a in enumerate(arms)}
 
-    def band(ax, arm: str, xs: np.ndarray, ys: np.ndarray, label: str) -> None:
+    def band(ax, arm: str, xs: np.ndarray, ys: np.ndarray, label: str, bounded: bool = False) -> None:
         mean = ys.mean(0)
         ax.plot(xs, mean, color=color[arm], label=label)
         if len(ys) > 1:
             from scipy import stats
 
             half = stats.t.ppf(0.975, len(ys) - 1) * ys.std(0, ddof=1) / math.sqrt(len(ys))
-            ax.fill_between(xs, mean - half, mean + half, color=color[arm], alpha=0.2)
+            low, high = mean - half, mean + half
+            if bounded:  # a fraction: the band is drawn inside [0, 1]
+                low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
+            ax.fill_between(xs, low, high, color=color[arm], alpha=0.2)
 
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     panels = [("niah", "NIAH exact match at the training length"), ("copy", "max copy-paste score, full layers"),
@@ -299,14 +314,42 @@ def plots(runs: list[dict[str, Any]], out: Path) -> list[str]:
                 "short": [[h["short_loss"] for h in r["curve"][:n]] for r in rs],
                 "far": [[h["answer_loss_by_distance"].get(str(far)) or np.nan for h in r["curve"][:n]] for r in rs]}
         for ax, (key, _) in zip(axes.flat, panels):
-            band(ax, arm, tokens, np.array(vals[key], dtype=float), f"{label}, n={len(rs)}")
+            band(ax, arm, tokens, np.array(vals[key], dtype=float), f"{label}, n={len(rs)}",
+                 bounded=key in ("niah", "copy"))
     for ax, (_, title) in zip(axes.flat, panels):
-        ax.set_title(title + " (mean, 95% t band over seeds)", fontsize=9)
+        ax.set_title(title + " (mean, 95% t band over seeds" + (", clipped to [0, 1])" if "NIAH" in title or "copy"
+                                                              in title else ")"), fontsize=9)
         ax.set_xlabel("training tokens (M)")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "emergence.png", dpi=100)
+    plt.close(fig)
+
+    names = ["emergence.png", "length.png"]
+    per_arm = {a: [r for r in runs if r["arm"] == a] for a in arms}
+    fig, axes_km = plt.subplots(1, 2, figsize=(12, 4.2))
+    drawn = False
+    for ax, (key, title) in zip(axes_km, (("emergence_niah", "NIAH at the training length"),
+                                          ("emergence_head", "full-layer copy-paste score"))):
+        for arm, rs in per_arm.items():
+            ms = [run_metrics(r, r["steps_done"]) for r in rs]
+            times = [x[key] if x[key] is not None else r["steps_done"] for x, r in zip(ms, rs)]
+            km = kaplan_meier(times, [not x[key + "_censored"] for x in ms])
+            last = max(r["steps_done"] for r in rs)
+            ax.step([*km["time"], last], [1 - v for v in km["survival"]] + [1 - km["survival"][-1]], where="post",
+                    color=color[arm], label=f"{arm}, n={len(rs)}")
+            drawn = True
+        thr = runs[0]["settings"]["niah_threshold" if key == "emergence_niah" else "head_threshold"]
+        ax.set_title(f"fraction of seeds past {title} >= {thr} (Kaplan-Meier)", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if drawn:
+        fig.tight_layout()
+        fig.savefig(out / "emergence_km.png", dpi=100)
+        names.append("emergence_km.png")
     plt.close(fig)
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -339,7 +382,7 @@ def plots(runs: list[dict[str, Any]], out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "length.png", dpi=100)
     plt.close(fig)
-    return ["emergence.png", "length.png"]
+    return names
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -388,7 +431,8 @@ def write_report(runs: list[dict[str, Any]], out: str | Path, commands: Sequence
              f"Data: {runs[0]['data']['corpus_source']} ({runs[0]['data']['train']['chars'] / 1e6:.1f} MB train, "
              f"{runs[0]['data']['held_out']['chars'] / 1e6:.2f} MB held out, disjoint by document), mixed 1:1 with "
              f"long documents of {s['needles']} needles each. Windows: "
-             + ", ".join(f"{r['arm']} {r['window']}" for r in runs if r["seed"] == runs[0]["seed"] and r["window"])
+             + ", ".join(f"{a} {w}" for a, w in sorted({(r["arm"], r["window"]) for r in runs if r["window"]},
+                                                        key=lambda aw: _arm_rank(aw[0])))
              + ". Intervals are 95% t intervals over seeds unless marked; tests are paired by seed.", "",
              loss_statement(runs), ""]
     stopped = [f"{r['arm']}/{r['seed']} ({r['steps_done']})" for r in runs if r["steps_done"] < s["steps"]]
@@ -405,10 +449,14 @@ def write_report(runs: list[dict[str, Any]], out: str | Path, commands: Sequence
               f"never reaches it counts as its last step), first step with a full-layer copy score >= "
               f"{s['head_threshold']}, the area under the NIAH-vs-step curve (its mean level) and, where recorded, the "
               "mean NIAH answer loss over training (`auc_answer_loss`, nats per answer token; a continuous "
-              "secondary endpoint that separates arms even when none reaches the NIAH threshold).", "",
+              "secondary endpoint that separates arms even when none reaches the NIAH threshold). The Page test is the "
+              "primary test; the log-rank trend test (permutation within seed) is a censoring-aware sensitivity "
+              "analysis: a run that never reached the criterion is censored at its last step instead of tied there; "
+              "`emergence_km.png` shows the fraction of seeds past the criterion per arm (Kaplan-Meier).", "",
               "| endpoint | " + " | ".join(res["laziness"].get("arms", [])) +
-              " | Page p (one-sided) | mean Spearman | swa2048 - swa128 [95% CI] | p (t / Wilcoxon) | never reached |",
-              "|---" * (len(res["laziness"].get("arms", [])) + 6) + "|"]
+              " | Page p (one-sided) | log-rank trend p (exact / normal) | mean Spearman | swa2048 - swa128 [95% CI] | "
+              "p (t / Wilcoxon) | never reached |",
+              "|---" * (len(res["laziness"].get("arms", [])) + 7) + "|"]
     for key, fmt in (("emergence_niah", "{:.0f}"), ("emergence_head", "{:.0f}"), ("auc_niah", "{:.3f}"),
                      ("auc_answer_loss", "{:.3f}")):
         e = res["laziness"].get(key)
@@ -416,7 +464,9 @@ def write_report(runs: list[dict[str, Any]], out: str | Path, commands: Sequence
             continue
         comp = e["large_minus_small"]
         cells = [_ci(e["per_arm"][a], fmt=fmt) for a in res["laziness"]["arms"]]
-        lines.append(f"| {key} | " + " | ".join(cells) + f" | {e['trend']['p_page']:.3g} | "
+        lr = e.get("logrank_trend")
+        lr_cell = f"{lr['p_permutation']:.3g} / {lr['p_asymptotic']:.3g}" if lr else "-"
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {e['trend']['p_page']:.3g} | {lr_cell} | "
                      f"{e['trend']['mean_spearman']:+.2f} | {_ci(comp, fmt=fmt.replace('{:', '{:+'))} | "
                      f"{comp['p_t']:.3g} / {comp['p_wilcoxon']:.3g} | {e['censored']} |")
     if "nope" in res:
