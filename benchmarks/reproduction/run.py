@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from hybrid_hf.reproduction import (  # noqa: E402
     ARMS,
     MODEL_SIZES,
+    PROFILES,
     load_runs,
     loss_statement,
     prepare,
@@ -72,7 +73,7 @@ def environment() -> dict:
 def overrides(args) -> dict:
     return {"size": args.size, "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
             "eval_every": args.eval_every, "lr": args.lr, "answer_weight": args.answer_weight,
-            "compile": True if args.compile else None}
+            "compile": True if args.compile else None, "text_root": args.text_root}
 
 
 def launch(args, jobs: list[tuple[str, str, int]], work: Path, out: Path, deadline: float) -> dict:
@@ -83,7 +84,7 @@ def launch(args, jobs: list[tuple[str, str, int]], work: Path, out: Path, deadli
         cmd = [sys.executable, __file__, "train", "--arm", arm, "--seed", str(seed), "--work", str(work),
                "--profile", args.profile, "--size", size, "--result", str(work / "results" / f"{size}-{arm}-{seed}.json"),
                "--deadline", str(deadline), "--log", str(out / "log.jsonl")]
-        for flag in ("steps", "batch", "seq_len", "eval_every", "lr", "answer_weight"):
+        for flag in ("steps", "batch", "seq_len", "eval_every", "lr", "answer_weight", "text_root"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         if args.compile:
@@ -225,7 +226,10 @@ def main() -> None:
     p.add_argument("command", choices=["train", "all", "pilot", "report", "prepare"])
     p.add_argument("--out", help="folder for results (all, pilot, report)")
     p.add_argument("--work", type=Path, help="folder for the prepared data and per-run results (default OUT/../repro-work)")
-    p.add_argument("--profile", default="main", choices=["smoke", "pilot", "main"])
+    p.add_argument("--profile", default="main", choices=list(PROFILES),
+                   help="main: docstring prose; docs: + kernel/Python/Perl documentation (see --text-root)")
+    p.add_argument("--text-root", help="stands in for /usr/share when reading the docs profile's documentation "
+                   "(a folder that benchmarks/reproduction/fetch_text.sh filled)")
     p.add_argument("--smoke", action="store_true", help="= --profile smoke (tiny CPU run of the whole pipeline)")
     p.add_argument("--arms", nargs="+", choices=ARMS, help=f"default {' '.join(DEFAULT_ARMS)} (pilot: full swa128)")
     p.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2 3 (pilot and smoke: 0 1)")

@@ -2,7 +2,8 @@
 
 Nothing here touches the network. ``build_corpus`` gathers prose that Debian packages install under ``/usr/share``
 (GCIDE dictionary entries from ``dict-gcide``, the Python documentation sources from ``python3-doc``, GNU info
-manuals, licence texts) and always ends with the small sample shipped in this folder, so it returns text on any
+manuals, licence texts, the Linux kernel documentation sources from ``linux-doc``, Perl's manual pages from
+``perl-doc``) and always ends with the small sample shipped in this folder, so it returns text on any
 machine.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 SAMPLE_PATH = Path(__file__).with_name("sample.txt")
 
 # Source name -> (glob patterns under /usr/share, reader). Order is the default preference order.
-SOURCE_NAMES = ("gcide", "python-doc", "info", "licenses", "sample")
+SOURCE_NAMES = ("gcide", "python-doc", "info", "licenses", "kernel-doc", "perl-doc", "sample")
 
 _SHARE = Path("/usr/share")
 
@@ -192,7 +193,16 @@ def _clean_gcide(entry: str) -> str:
 
 
 def _python_doc(share: Path) -> Iterator[str]:
-    files = sorted(share.glob("doc/python3*/html/_sources/**/*.txt"))
+    yield from _rst_sources(share, "doc/python3*/html/_sources")
+
+
+def _kernel_doc(share: Path) -> Iterator[str]:
+    yield from _rst_sources(share, "doc/linux-doc*/html/_sources")
+
+
+def _rst_sources(share: Path, folder: str) -> Iterator[str]:
+    """reStructuredText sources of a Sphinx HTML build (``_sources/**/*.txt``, also gzipped), markup removed."""
+    files = sorted({*share.glob(f"{folder}/**/*.txt"), *share.glob(f"{folder}/**/*.txt.gz")})
     for path in files:
         text = _open_text(path)
         lines = []
@@ -222,6 +232,23 @@ def _info(share: Path) -> Iterator[str]:
             yield re.sub(r"\n{3,}", "\n\n", body)
 
 
+def _perl_doc(share: Path) -> Iterator[str]:
+    """Perl's manual (``perl/5*/pod/*.pod``): POD commands and verbatim (indented) blocks dropped, formatting codes
+    such as ``C<...>`` reduced to their text."""
+    files = sorted({*share.glob("perl/5*/pod/*.pod"), *share.glob("perl/5*/pod/*.pod.gz")})
+    for path in files:
+        paragraphs = []
+        for block in re.split(r"\n\s*\n", _open_text(path)):
+            if not block.strip() or block.startswith(("=", " ", "\t")):
+                continue
+            text = block
+            for _ in range(3):  # nested codes, innermost first
+                text = re.sub(r"[A-Z]<<+\s(.*?)\s>+>", r"\1", text)
+                text = re.sub(r"[A-Z]<([^<>]*)>", lambda m: m.group(1).split("|")[0], text)
+            paragraphs.append(re.sub(r"\s+", " ", text).strip())
+        yield "\n\n".join(paragraphs)
+
+
 def _licenses(share: Path) -> Iterator[str]:
     seen: set[Path] = set()
     for path in sorted(share.glob("common-licenses/*")):
@@ -237,4 +264,6 @@ _READERS: dict[str, Callable[[Path], Iterator[str]]] = {
     "python-doc": _python_doc,
     "info": _info,
     "licenses": _licenses,
+    "kernel-doc": _kernel_doc,
+    "perl-doc": _perl_doc,
 }

@@ -33,7 +33,7 @@ import torch
 
 from .. import HybridConfig, HybridForCausalLM
 from ..analysis import needle_mass, teacher_forced_copy_scores
-from ..data import build_corpus, train_tokenizer
+from ..data import SOURCE_NAMES, build_corpus, sample_documents, train_tokenizer
 from ..data.docstrings import corpus_fingerprint, docstring_documents, split_held_out
 from ..data.mixture import KEYS, NeedleMixture, answer_ids, tokenize_stream
 from ..evaluation import NEEDLE, make_sample
@@ -77,6 +77,10 @@ class StudySettings:
     corpus_chars: int | None = 12_000_000
     held_out_fraction: float = 0.05
     docstring_packages: tuple[str, ...] | None = None  # None: hybrid_hf.data.docstrings.DEFAULT_PACKAGES
+    # Installed documentation added to the docstring prose (hybrid_hf.data.build_corpus sources, all of their text);
+    # text_root stands in for /usr/share (e.g. a folder the packages were unpacked into, see the study's README).
+    text_sources: tuple[str, ...] = ()
+    text_root: str | None = None
     niah_threshold: float = 0.5  # emergence criterion on NIAH at the training length
     head_threshold: float = 0.5  # emergence criterion on the max full-layer copy-paste score
     # Loss weight of the long documents' answer tokens (1.0: the paper's plain LM loss; > 1 is a deviation from the
@@ -92,6 +96,10 @@ class StudySettings:
         for name in ("batch", "steps", "eval_every", "eval_samples", "head_samples", "final_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+        unknown = [x for x in self.text_sources if x not in SOURCE_NAMES or x == "sample"]
+        if unknown:
+            raise ValueError(f"text_sources={list(self.text_sources)}: unknown {unknown}; allowed: "
+                             f"{', '.join(x for x in SOURCE_NAMES if x != 'sample')}.")
         if not (self.answer_weight >= 0 and math.isfinite(self.answer_weight)):
             raise ValueError(f"answer_weight={self.answer_weight} must be a finite number >= 0.")
 
@@ -117,6 +125,9 @@ PROFILES: dict[str, StudySettings] = {
                            short_rows=2, corpus_chars=None),
     "pilot": StudySettings(profile="pilot", steps=1500),
     "main": StudySettings(),
+    # main with ~4x the natural text: the docstrings plus the Linux kernel, Python and Perl documentation sources
+    # (Debian's linux-doc-6.1, python3.11-doc, perl-doc), so 3000 steps repeat it ~6x instead of ~30x.
+    "docs": StudySettings(profile="docs", text_sources=("kernel-doc", "python-doc", "perl-doc")),
 }
 
 
@@ -161,6 +172,9 @@ def prepare(work: str | Path, s: StudySettings, workers: int = 1) -> Prepared:
     info_path = work / "prepared.json"
     if info_path.exists():
         info = json.loads(info_path.read_text())
+        if info.get("text_sources", []) != list(s.text_sources):
+            raise ValueError(f"work={str(work)!r} was prepared with text_sources={info.get('text_sources', [])}, "
+                             f"these settings have {list(s.text_sources)}; use another work folder.")
         return Prepared(work, AutoTokenizer.from_pretrained(work / "tokenizer"), np.load(work / "train_stream.npy"),
                         json.loads((work / "held_out.json").read_text()), info)
     work.mkdir(parents=True, exist_ok=True)
@@ -172,6 +186,17 @@ def prepare(work: str | Path, s: StudySettings, workers: int = 1) -> Prepared:
         kwargs = {} if s.docstring_packages is None else {"packages": s.docstring_packages}
         docs = docstring_documents(workers=workers, max_chars=s.corpus_chars, **kwargs)
         source = "docstring prose of the installed Python code (hybrid_hf.data.docstrings)"
+        if s.text_sources:
+            found = {}
+            for name in s.text_sources:
+                extra = build_corpus(None, sources=[name], root=s.text_root)
+                if extra == sample_documents():  # build_corpus's fallback when nothing was found
+                    raise ValueError(f"text_sources: {name!r} found no files under text_root={s.text_root!r} "
+                                     "(default /usr/share); install or unpack its package there.")
+                docs += extra
+                found[name] = sum(map(len, extra))
+            source += " + installed documentation (hybrid_hf.data.build_corpus: " + ", ".join(
+                f"{k} {v / 1e6:.1f}M chars" for k, v in found.items()) + ")"
     train_docs, held_out = split_held_out(docs, s.held_out_fraction)
     harvest_s = time.time() - t0
     # The tokenizer also sees the needle/query templates and digits, so that they tokenise alike everywhere.
@@ -187,7 +212,7 @@ def prepare(work: str | Path, s: StudySettings, workers: int = 1) -> Prepared:
     if smallest <= needle_len and s.profile != "smoke":
         raise ValueError(f"seq_len={s.seq_len}: the smallest window ({smallest}) is not longer than a needle sentence "
                          f"({needle_len} tokens); use seq_len >= {PAPER_CONTEXT // 128 * (needle_len + 1)}.")
-    info = {"corpus_source": source, "train": corpus_fingerprint(train_docs), "held_out": corpus_fingerprint(held_out),
+    info = {"corpus_source": source, "text_sources": list(s.text_sources), "train": corpus_fingerprint(train_docs), "held_out": corpus_fingerprint(held_out),
             "train_tokens": int(len(stream)), "needle_sentence_tokens": needle_len,
             "query_tokens": max(len(mix.query_ids(k)) for k in KEYS), "harvest_s": round(harvest_s, 1),
             "prepare_s": round(time.time() - t0, 1), "overlap_held_out_train": len(set(train_docs) & set(held_out))}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
+import pytest
 from transformers import AutoTokenizer
 
 from hybrid_hf.data import build_corpus, read_documents, sample_documents, train_tokenizer, write_documents
@@ -33,6 +35,34 @@ def test_build_corpus_reads_license_texts_and_writes_jsonl(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in rows] == docs
     assert read_documents(out) == docs
+
+
+def test_kernel_and_perl_documentation_sources_read_gzipped_text_without_markup(tmp_path):
+    share = tmp_path / "share"
+    rst = share / "doc" / "linux-doc-6.1" / "html" / "_sources" / "PCI" / "pci.rst.txt.gz"
+    rst.parent.mkdir(parents=True)
+    with gzip.open(rst, "wt") as fh:
+        fh.write(".. SPDX-License-Identifier: GPL-2.0\n\n=====\nTitle\n=====\n\n"
+                 "The world of PCI is vast and full of surprises, see :c:func:`pci_enable_device` for ``details``.\n")
+    pod = share / "perl" / "5.36.0" / "pod" / "perlfaq6.pod"
+    pod.parent.mkdir(parents=True)
+    pod.write_text("=head1 NAME\n\nperlfaq6 - Regular Expressions\n\n    my $code = 1;  # verbatim\n\n"
+                   "Use C<qr//> and B<I<nested>> codes, see L<perlre|perlre/Modifiers> and C<< $a <=> $b >>.\n")
+    kernel = build_corpus(max_chars=None, sources=["kernel-doc"], root=share, min_doc_chars=10)
+    assert len(kernel) == 1 and "SPDX" not in kernel[0] and "=====" not in kernel[0]
+    assert "see pci_enable_device for details." in kernel[0]
+    perl = build_corpus(max_chars=None, sources=["perl-doc"], root=share, min_doc_chars=10)
+    assert perl == ["perlfaq6 - Regular Expressions\n\nUse qr// and nested codes, see perlre and $a <=> $b."]
+
+
+def test_study_docs_profile_names_missing_documentation(tmp_path):
+    from hybrid_hf.reproduction import prepare, settings_for
+
+    with pytest.raises(ValueError, match="text_sources.*allowed"):
+        settings_for("smoke", text_sources=("kernel-docs",))
+    s = settings_for("main", text_sources=("kernel-doc",), text_root=str(tmp_path / "empty"), corpus_chars=20_000)
+    with pytest.raises(ValueError, match="'kernel-doc' found no files under text_root"):
+        prepare(tmp_path / "work", s)
 
 
 def test_text_round_trip(tmp_path):
