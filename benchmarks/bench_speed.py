@@ -281,11 +281,13 @@ def train() -> None:
     lt = ["linear_attention", "full_attention"] * (n // 2)
     try:
         cfg = ours_config(lt, None, fused_cross_entropy=True, linear_attention_type="gated_deltanet")
-        model = HybridForCausalLM(cfg)
+        HybridForCausalLM(cfg)  # the config is checked here; each row builds its own model
     except ValueError as err:
         emit(kind="train", model="hybrid_hf GDN 1:1", case="1:1 GDN", impl="hybrid_hf", skipped=str(err)[:300])
         return
-    _train_run("1:1 GDN", "hybrid_hf kernels+fusedCE", "hybrid_hf", lambda: model, lt, None)
+    _train_run("1:1 GDN", "hybrid_hf kernels+fusedCE", "hybrid_hf", partial(HybridForCausalLM, cfg), lt, None)
+    _train_run("1:1 GDN", "hybrid_hf kernels+fusedCE+compile", "hybrid_hf", partial(HybridForCausalLM, cfg), lt, None,
+               compile_blocks=True)
 
 
 # ---------------------------------------------------------------------------------------------- prefill
