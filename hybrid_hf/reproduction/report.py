@@ -133,8 +133,34 @@ def _comparison(x: list[float], y: list[float], alternative: str = "two-sided") 
     return t
 
 
+# Settings that must agree for runs to be compared (steps may differ: shorter runs are censored earlier).
+COMPARABLE_SETTINGS = ("size", "seq_len", "batch", "warmup", "learning_rate", "vocab", "needles", "long_fraction",
+                       "eval_samples", "short_len", "answer_weight", "niah_threshold", "head_threshold",
+                       "text_sources")
+
+
+def check_comparable(runs: list[dict[str, Any]]) -> None:
+    """Raise ``ValueError`` naming the field when runs differ in their training data or in a setting of
+    ``COMPARABLE_SETTINGS`` (e.g. runs of the ``main`` and ``docs`` profiles combined by mistake)."""
+    if not runs:
+        raise ValueError("runs: nothing to analyse (no run records found).")
+    first = runs[0]
+    for r in runs[1:]:
+        for key in COMPARABLE_SETTINGS:
+            a, b = first["settings"].get(key), r["settings"].get(key)
+            if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+                raise ValueError(f"runs are not comparable: settings.{key} is {a!r} in {first['arm']}/{first['seed']} "
+                                 f"but {b!r} in {r['arm']}/{r['seed']}; report them separately.")
+        da, db = first.get("data", {}).get("train", {}), r.get("data", {}).get("train", {})
+        if da.get("sha256") != db.get("sha256"):
+            raise ValueError(f"runs are not comparable: data.train.sha256 is {da.get('sha256')!r} in "
+                             f"{first['arm']}/{first['seed']} but {db.get('sha256')!r} in {r['arm']}/{r['seed']} "
+                             "(different training text); report them separately.")
+
+
 def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """All claim tests; the returned dict is what ``write_report`` renders (and is saved as JSON)."""
+    check_comparable(runs)
     m = _by_arm(runs)
     n_seeds = {a: len(v) for a, v in m.items()}
     res: dict[str, Any] = {"n_seeds": n_seeds, "metrics": {a: {str(k): v for k, v in d.items()} for a, d in m.items()}}
@@ -374,7 +400,8 @@ def plots(runs: list[dict[str, Any]], out: Path) -> list[str]:
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no final evaluation yet: nothing drawn on the left
+            ax.legend(fontsize=7)
     ax1.set_xlabel("context length (tokens); dashed: training length")
     ax1.set_title("final NIAH exact match (mean, 95% t interval over seeds)", fontsize=9)
     ax2.set_xlabel("needle-to-answer distance (bin upper edge, tokens)")

@@ -231,9 +231,19 @@ def test_pipeline_smoke(prepared, tmp_path):
     assert "did not learn retrieval" in res["convergence"]["verdict"]["why"]
     assert res["nope"]["verdict"]["verdict"].startswith("inconclusive")
     assert "learned retrieval" in res["nope"]["verdict"]["why"]
+    # runs of different data or settings are never pooled silently
+    import copy
+
+    other = copy.deepcopy(runs)
+    other[3]["settings"]["text_sources"] = ["kernel-doc"]
+    with pytest.raises(ValueError, match="settings.text_sources"):
+        write_report(other, tmp_path / "bad")
+    other = copy.deepcopy(runs)
+    other[5]["data"]["train"]["sha256"] = "0" * 16
+    with pytest.raises(ValueError, match="data.train.sha256"):
+        write_report(other, tmp_path / "bad")
     # a clear NoPE gain below the NIAH criterion (0.0 -> 0.30/0.35 at every length, same short loss) is reproduced:
     # the "did it learn retrieval" precondition guards only the "no gain" branch
-    import copy
 
     edited = copy.deepcopy(runs)
     base = {r["seed"]: r for r in edited if r["arm"] == "swa128"}
