@@ -16,10 +16,15 @@ for deb in "$tmp"/*.deb; do
     dpkg -x "$deb" "$tmp/root"
 done
 mkdir -p "$dir"
-(cd "$tmp/root" && find usr/share/doc -path '*/html/_sources/*' -name '*.txt'; find usr/share/perl -path '*/pod/*' -name '*.pod') \
-    | sort > "$tmp/files"
+(cd "$tmp/root" && {
+    find usr/share/doc -path '*/html/_sources/*' \( -name '*.txt' -o -name '*.txt.gz' \) 2>/dev/null || true
+    find usr/share/perl -path '*/pod/*' \( -name '*.pod' -o -name '*.pod.gz' \) 2>/dev/null || true
+}) | sort > "$tmp/files"
 while read -r f; do
     mkdir -p "$dir/$(dirname "$f")"
-    gzip -9n -c "$tmp/root/$f" > "$dir/$f.gz"
+    case "$f" in
+        *.gz) cp "$tmp/root/$f" "$dir/$f" ;;
+        *) gzip -9n -c "$tmp/root/$f" > "$dir/$f.gz" ;;
+    esac
 done < "$tmp/files"
 echo "$(wc -l < "$tmp/files") files, $(du -sh "$dir" | cut -f1) in $dir"

@@ -153,8 +153,11 @@ def logrank_trend_test(times: Sequence[Sequence[float]], events: Sequence[Sequen
 
     from scipy import stats
 
-    t = np.asarray([list(r) for r in times], dtype=float)
-    e = np.asarray([list(r) for r in events], dtype=bool)
+    try:
+        t = np.asarray([list(r) for r in times], dtype=float)
+        e = np.asarray([list(r) for r in events], dtype=bool)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"times/events: need equal-length rows (seeds x conditions) of numbers: {err}") from None
     if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 2:
         raise ValueError(f"times: need seeds x conditions (at least 1 x 2), got shape {t.shape}.")
     if e.shape != t.shape:
@@ -181,9 +184,12 @@ def logrank_trend_test(times: Sequence[Sequence[float]], events: Sequence[Sequen
         scores = np.concatenate([np.asarray(p, dtype=float) for p in arr])
         hits += sign * _logrank_u(t.ravel(), e.ravel(), scores)[0] >= observed - 1e-9
         count += 1
+    # Monte Carlo: the observed arrangement counts as one of the draws, so p is never 0. No events: nothing to test.
+    p_perm = hits / count if method == "exact" else (hits + 1) / (count + 1)
     return {"n_seeds": n_seeds, "n_conditions": k, "increasing": increasing, "events": int(e.sum()),
-            "censored": int((~e).sum()), "U": u, "var_U": v, "z": z, "p_asymptotic": float(stats.norm.sf(z)),
-            "p_permutation": hits / count, "permutation_method": method}
+            "censored": int((~e).sum()), "U": u, "var_U": v, "z": z,
+            "p_asymptotic": float(stats.norm.sf(z)) if v > 0 else 1.0, "p_permutation": p_perm,
+            "permutation_method": method}
 
 
 def kaplan_meier(times: Sequence[float], events: Sequence[bool]) -> dict[str, list[float]]:

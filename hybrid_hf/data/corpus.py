@@ -202,7 +202,7 @@ def _kernel_doc(share: Path) -> Iterator[str]:
 
 def _rst_sources(share: Path, folder: str) -> Iterator[str]:
     """reStructuredText sources of a Sphinx HTML build (``_sources/**/*.txt``, also gzipped), markup removed."""
-    files = sorted({*share.glob(f"{folder}/**/*.txt"), *share.glob(f"{folder}/**/*.txt.gz")})
+    files = _unique_files([*share.glob(f"{folder}/**/*.txt"), *share.glob(f"{folder}/**/*.txt.gz")])
     for path in files:
         text = _open_text(path)
         lines = []
@@ -235,18 +235,37 @@ def _info(share: Path) -> Iterator[str]:
 def _perl_doc(share: Path) -> Iterator[str]:
     """Perl's manual (``perl/5*/pod/*.pod``): POD commands and verbatim (indented) blocks dropped, formatting codes
     such as ``C<...>`` reduced to their text."""
-    files = sorted({*share.glob("perl/5*/pod/*.pod"), *share.glob("perl/5*/pod/*.pod.gz")})
+    files = _unique_files([*share.glob("perl/5*/pod/*.pod"), *share.glob("perl/5*/pod/*.pod.gz")])
     for path in files:
         paragraphs = []
+        skipping = False  # inside =begin ... =end (HTML, comments)
         for block in re.split(r"\n\s*\n", _open_text(path)):
-            if not block.strip() or block.startswith(("=", " ", "\t")):
+            if block.startswith("=begin"):
+                skipping = True
+            if block.startswith("=end"):
+                skipping = False
                 continue
-            text = block
+            if skipping or not block.strip() or block.startswith(("=", " ", "\t")):
+                continue
+            text = re.sub(r"\s+", " ", block).strip()
+            text = re.sub(r"[XZ]<[^<>]*>", "", text)  # index entries, null codes
+            text = re.sub(r"E<([^<>]*)>", lambda m: _POD_ESCAPES.get(m.group(1), ""), text)
             for _ in range(3):  # nested codes, innermost first
                 text = re.sub(r"[A-Z]<<+\s(.*?)\s>+>", r"\1", text)
                 text = re.sub(r"[A-Z]<([^<>]*)>", lambda m: m.group(1).split("|")[0], text)
-            paragraphs.append(re.sub(r"\s+", " ", text).strip())
+            paragraphs.append(text)
         yield "\n\n".join(paragraphs)
+
+
+_POD_ESCAPES = {"lt": "<", "gt": ">", "sol": "/", "verbar": "|", "quot": '"', "amp": "&", "apos": "'"}
+
+
+def _unique_files(paths: Iterable[Path]) -> list[Path]:
+    """Sorted paths, each file once (Debian links ``perl/5.36`` to ``5.36.0``, so globs can find a file twice)."""
+    seen: dict[Path, Path] = {}
+    for p in sorted(paths):
+        seen.setdefault(p.resolve(), p)
+    return sorted(seen.values())
 
 
 def _licenses(share: Path) -> Iterator[str]:

@@ -148,6 +148,8 @@ def check_comparable(runs: list[dict[str, Any]]) -> None:
     for r in runs[1:]:
         for key in COMPARABLE_SETTINGS:
             a, b = first["settings"].get(key), r["settings"].get(key)
+            if key == "text_sources":  # records from before the field: docstrings only
+                a, b = a or [], b or []
             if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
                 raise ValueError(f"runs are not comparable: settings.{key} is {a!r} in {first['arm']}/{first['seed']} "
                                  f"but {b!r} in {r['arm']}/{r['seed']}; report them separately.")
@@ -243,7 +245,8 @@ def _verdict_trend(a_out: dict[str, Any], n: int) -> dict[str, Any]:
         return {"verdict": f"inconclusive at {n} seeds", "why": "no SWA run reached the NIAH criterion"}
     if p < ALPHA and primary["trend"]["mean_spearman"] > 0:
         lr = primary.get("logrank_trend")
-        sens = (f"; censoring-aware log-rank trend p={lr['p_permutation']:.3g} (exact permutation)" if lr else "")
+        sens = (f"; censoring-aware log-rank trend p={lr['p_permutation']:.3g} ({lr['permutation_method']} "
+                "permutation)" if lr else "")
         return {"verdict": "reproduced", "why": f"Page trend p={p:.3g} (emergence step grows with the window), "
                 f"area-under-curve trend p={p_auc:.3g}{sens}"}
     opposite = paired_test([r[0] for r in primary["table"]], [r[2] for r in primary["table"]], alternative="less")
@@ -481,7 +484,7 @@ def write_report(runs: list[dict[str, Any]], out: str | Path, commands: Sequence
               "analysis: a run that never reached the criterion is censored at its last step instead of tied there; "
               "`emergence_km.png` shows the fraction of seeds past the criterion per arm (Kaplan-Meier).", "",
               "| endpoint | " + " | ".join(res["laziness"].get("arms", [])) +
-              " | Page p (one-sided) | log-rank trend p (exact / normal) | mean Spearman | swa2048 - swa128 [95% CI] | "
+              " | Page p (one-sided) | log-rank trend p (permutation / normal) | mean Spearman | swa2048 - swa128 [95% CI] | "
               "p (t / Wilcoxon) | never reached |",
               "|---" * (len(res["laziness"].get("arms", [])) + 7) + "|"]
     for key, fmt in (("emergence_niah", "{:.0f}"), ("emergence_head", "{:.0f}"), ("auc_niah", "{:.3f}"),

@@ -100,6 +100,9 @@ class StudySettings:
         if unknown:
             raise ValueError(f"text_sources={list(self.text_sources)}: unknown {unknown}; allowed: "
                              f"{', '.join(x for x in SOURCE_NAMES if x != 'sample')}.")
+        if self.text_root is not None and not self.text_sources:
+            raise ValueError(f"text_root={self.text_root!r} is set but text_sources is empty (profile "
+                             f"{self.profile!r}); use the 'docs' profile or name text_sources.")
         if not (self.answer_weight >= 0 and math.isfinite(self.answer_weight)):
             raise ValueError(f"answer_weight={self.answer_weight} must be a finite number >= 0.")
 
@@ -212,7 +215,7 @@ def prepare(work: str | Path, s: StudySettings, workers: int = 1) -> Prepared:
     if smallest <= needle_len and s.profile != "smoke":
         raise ValueError(f"seq_len={s.seq_len}: the smallest window ({smallest}) is not longer than a needle sentence "
                          f"({needle_len} tokens); use seq_len >= {PAPER_CONTEXT // 128 * (needle_len + 1)}.")
-    info = {"corpus_source": source, "text_sources": list(s.text_sources), "train": corpus_fingerprint(train_docs), "held_out": corpus_fingerprint(held_out),
+    info = {"corpus_source": source, "text_sources": list(s.text_sources), "text_root": s.text_root, "train": corpus_fingerprint(train_docs), "held_out": corpus_fingerprint(held_out),
             "train_tokens": int(len(stream)), "needle_sentence_tokens": needle_len,
             "query_tokens": max(len(mix.query_ids(k)) for k in KEYS), "harvest_s": round(harvest_s, 1),
             "prepare_s": round(time.time() - t0, 1), "overlap_held_out_train": len(set(train_docs) & set(held_out))}

@@ -152,11 +152,13 @@ def test_logrank_trend_exact_permutation_p_on_constructed_cases():
     assert cens["censored"] == 4 and cens["p_permutation"] == pytest.approx(1 / 6**4)
     # No events at all: nothing to test.
     none = logrank_trend_test([[10, 10, 10]] * 3, [[False] * 3] * 3)
-    assert none["z"] == 0.0 and none["p_permutation"] == 1.0
+    assert none["z"] == 0.0 and none["p_permutation"] == 1.0 and none["p_asymptotic"] == 1.0
     with pytest.raises(ValueError, match="events"):
         logrank_trend_test([[1, 2, 3]], [[True, True]])
     many = logrank_trend_test(np.arange(30).reshape(10, 3) % 7 + 1.0, np.ones((10, 3), bool), n_perm=500)
-    assert many["permutation_method"].startswith("monte carlo")
+    assert many["permutation_method"].startswith("monte carlo") and many["p_permutation"] > 0
+    with pytest.raises(ValueError, match="times/events"):
+        logrank_trend_test([[1, 2, 3], [1, 2]], [[True] * 3, [True] * 2])
 
 
 def test_kaplan_meier_matches_scipy_ecdf_with_censoring():

@@ -47,12 +47,16 @@ def test_kernel_and_perl_documentation_sources_read_gzipped_text_without_markup(
     pod = share / "perl" / "5.36.0" / "pod" / "perlfaq6.pod"
     pod.parent.mkdir(parents=True)
     pod.write_text("=head1 NAME\n\nperlfaq6 - Regular Expressions\n\n    my $code = 1;  # verbatim\n\n"
-                   "Use C<qr//> and B<I<nested>> codes, see L<perlre|perlre/Modifiers> and C<< $a <=> $b >>.\n")
+                   "Use C<qr//> and B<I<nested>> codes, see L<perlre|perlre/Modifiers> and C<< $a <=> $b >>.\n\n"
+                   "=begin html\n\n<p>skipped</p>\n\n=end html\n\n"
+                   "Compare X<compare>E<lt>=E<gt> with C<<\nsort >>.\n")
+    (pod.parent.parent.parent / "5.36").symlink_to("5.36.0")  # Debian's link: each file is still read once
     kernel = build_corpus(max_chars=None, sources=["kernel-doc"], root=share, min_doc_chars=10)
     assert len(kernel) == 1 and "SPDX" not in kernel[0] and "=====" not in kernel[0]
     assert "see pci_enable_device for details." in kernel[0]
     perl = build_corpus(max_chars=None, sources=["perl-doc"], root=share, min_doc_chars=10)
-    assert perl == ["perlfaq6 - Regular Expressions\n\nUse qr// and nested codes, see perlre and $a <=> $b."]
+    assert perl == ["perlfaq6 - Regular Expressions\n\nUse qr// and nested codes, see perlre and $a <=> $b.\n\n"
+                    "Compare <=> with sort."]
 
 
 def test_study_docs_profile_names_missing_documentation(tmp_path):
