@@ -129,7 +129,7 @@ PROFILES: dict[str, StudySettings] = {
     "pilot": StudySettings(profile="pilot", steps=1500),
     "main": StudySettings(),
     # main with ~4x the natural text: the docstrings plus the Linux kernel, Python and Perl documentation sources
-    # (Debian's linux-doc-6.1, python3.11-doc, perl-doc), so 3000 steps repeat it ~6x instead of ~30x.
+    # (Debian's linux-doc-6.1, python3.11-doc, perl-doc), so 3000 steps read it ~7 times instead of ~33.
     "docs": StudySettings(profile="docs", text_sources=("kernel-doc", "python-doc", "perl-doc")),
 }
 
