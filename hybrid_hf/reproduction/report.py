@@ -307,7 +307,8 @@ def _verdict_convergence(c_out: dict[str, Any], n: int, full_learned: bool = Tru
 
 # ---------------------------------------------------------------------------------------------- plots
 def plots(runs: list[dict[str, Any]], out: Path) -> list[str]:
-    """Emergence curves with 95% bands, NIAH vs length, answer loss by needle distance. Returns file names."""
+    """Emergence curves with 95% bands, Kaplan-Meier emergence, NIAH vs length, answer loss by needle distance (at
+    the end and over training, per arm). Returns file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -380,6 +381,36 @@ def plots(runs: list[dict[str, Any]], out: Path) -> list[str]:
         fig.savefig(out / "emergence_km.png", dpi=100)
         names.append("emergence_km.png")
     plt.close(fig)
+
+    # LongPPL-by-position over training: the answer loss per needle-to-answer distance bin, one panel per arm
+    cols = min(3, len(arms))
+    rows = math.ceil(len(arms) / cols)
+    fig, axes_d = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    for ax, arm in zip(axes_d.flat, arms):
+        rs = per_arm[arm]
+        n = min(len(r["curve"]) for r in rs)
+        st = rs[0]["settings"]
+        tokens = np.array([h["step"] for h in rs[0]["curve"][:n]]) * st["batch"] * st["seq_len"] / 1e6
+        bins = rs[0]["distance_bins"]
+        cmap = plt.get_cmap("viridis")
+        for j, b in enumerate(bins):
+            ys = np.array([[h["answer_loss_by_distance"].get(str(b)) for h in r["curve"][:n]] for r in rs],
+                          dtype=float)
+            if np.isnan(ys).all():
+                continue
+            ax.plot(tokens, np.nanmean(ys, 0), color=cmap(j / max(1, len(bins) - 1)), label=f"<= {b}")
+        ax.set_title(f"{arm} (n={len(rs)}): answer loss by needle distance", fontsize=9)
+        ax.set_xlabel("training tokens (M)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, title="distance (tokens)", title_fontsize=6)
+    for ax in list(axes_d.flat)[len(arms):]:
+        ax.set_visible(False)
+    axes_d[0, 0].set_ylabel("nats per answer token (mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(out / "longppl.png", dpi=100)
+    plt.close(fig)
+    names.append("longppl.png")
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for arm in arms:

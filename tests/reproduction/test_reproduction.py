@@ -214,7 +214,8 @@ def test_pipeline_smoke(prepared, tmp_path):
     assert all(r["answer_weight"] == 1.0 and r["settings"]["answer_weight"] == 1.0 for r in runs)
     assert [h["step"] for h in runs[0]["curve"]] == [0, 3]
     res = write_report(runs, tmp_path / "report", commands=["test"])
-    for name in ("report.md", "analysis.json", "runs.jsonl", "emergence.png", "emergence_km.png", "length.png"):
+    for name in ("report.md", "analysis.json", "runs.jsonl", "emergence.png", "emergence_km.png", "length.png",
+                 "longppl.png"):
         assert (tmp_path / "report" / name).exists()
     assert res["laziness"]["arms"] == ["swa128", "swa512", "swa2048"]
     # the censoring-aware sensitivity test: nothing emerged in 3 steps, so every run is censored and U = 0
