@@ -7,6 +7,11 @@ data: ``hybrid_hf.data.mixture`` and ``hybrid_hf.data.docstrings``).
   python benchmarks/reproduction/run.py all --out $OUT --seeds 0 1 2 3 --size d256 --steps 1500 --budget-s 500
   python benchmarks/reproduction/run.py report --out DIR --runs CALL1 CALL2 ...     # combine returned runs
 
+``--profile docs`` adds ~36M characters of installed documentation to the docstring prose (Linux kernel, Python
+and Perl docs; ``bash benchmarks/reproduction/fetch_text.sh runs/text`` unpacks them from Debian's packages, then
+``--text-root runs/text/usr/share``), so long runs repeat the natural text less (``main``: ~33 passes in 3000 steps,
+``docs``: ~7).
+
 ``benchmarks/reproduction/step_time.py`` measures one run's step and evaluation cost (eager / compiled, batch,
 P concurrent processes) to size a main call. ``--compile`` torch.compiles each run's training step.
 
