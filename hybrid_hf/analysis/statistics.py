@@ -125,17 +125,25 @@ def trend_test(table: Sequence[Sequence[float]], increasing: bool = True) -> dic
             "spearman_per_seed": rhos, "strictly_monotone_seeds": monotone}
 
 
-def _logrank_u(times: np.ndarray, events: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """Score statistic sum_j s_j (O_j - E_j) over the pooled risk sets and its hypergeometric variance."""
-    u = v = 0.0
+def _logrank_weights(times: np.ndarray, events: np.ndarray) -> np.ndarray:
+    """Per-subject weights ``w`` with ``U(scores) = w @ scores``: the event indicator minus the Nelson-Aalen
+    cumulative hazard at the subject's own time (the risk sets do not depend on the scores)."""
+    hazard = np.zeros(len(times))
+    for tau in np.unique(times[events]):
+        n, d = int((times >= tau).sum()), int((events & (times == tau)).sum())
+        hazard[times >= tau] += d / n
+    return events.astype(float) - hazard
+
+
+def _logrank_var(times: np.ndarray, events: np.ndarray, scores: np.ndarray) -> float:
+    """Hypergeometric variance of ``U`` under the null for these scores."""
+    v = 0.0
     for tau in np.unique(times[events]):
         risk = times >= tau
         n, d = int(risk.sum()), int((events & (times == tau)).sum())
-        s_risk = scores[risk]
-        u += float(scores[events & (times == tau)].sum()) - d * float(s_risk.mean())
         if n > 1:
-            v += d * (n - d) / (n - 1) * float(s_risk.var())
-    return u, v
+            v += d * (n - d) / (n - 1) * float(scores[risk].var())
+    return v
 
 
 def logrank_trend_test(times: Sequence[Sequence[float]], events: Sequence[Sequence[bool]], increasing: bool = True,
@@ -165,25 +173,27 @@ def logrank_trend_test(times: Sequence[Sequence[float]], events: Sequence[Sequen
     if not np.all(np.isfinite(t)):
         raise ValueError("times: values must be finite numbers (a censored run gives its last step).")
     n_seeds, k = t.shape
-    base = np.tile(np.arange(k, dtype=float), n_seeds)
-    u, v = _logrank_u(t.ravel(), e.ravel(), base)
+    w = _logrank_weights(t.ravel(), e.ravel()).reshape(n_seeds, k)
+    base = np.arange(k, dtype=float)
+    u = float((w * base).sum())
+    v = _logrank_var(t.ravel(), e.ravel(), np.tile(base, n_seeds))
     sign = -1.0 if increasing else 1.0  # the predicted direction gives sign * U > 0
     z = sign * u / math.sqrt(v) if v > 0 else 0.0
-    perms = list(itertools.permutations(range(k)))
-    total = len(perms) ** n_seeds
-    if total <= exact_limit:
-        arrangements = itertools.product(perms, repeat=n_seeds)
+    # A within-seed arrangement changes only which score each subject carries: U is the sum over seeds of
+    # w[seed] @ permuted scores, so each seed contributes one of k! values.
+    perms = np.asarray(list(itertools.permutations(range(k))), dtype=float)
+    contrib = sign * (w @ perms.T)  # (n_seeds, k!)
+    if len(perms) ** n_seeds <= exact_limit:
+        totals = contrib[0]
+        for row in contrib[1:]:
+            totals = (totals[:, None] + row[None, :]).ravel()
         method = "exact"
     else:
         rng = np.random.default_rng(seed)
-        arrangements = ([perms[i] for i in rng.integers(0, len(perms), n_seeds)] for _ in range(n_perm))
+        picks = rng.integers(0, len(perms), size=(n_perm, n_seeds))
+        totals = contrib[np.arange(n_seeds), picks].sum(1)
         method = f"monte carlo ({n_perm})"
-    observed = sign * u
-    hits = count = 0
-    for arr in arrangements:
-        scores = np.concatenate([np.asarray(p, dtype=float) for p in arr])
-        hits += sign * _logrank_u(t.ravel(), e.ravel(), scores)[0] >= observed - 1e-9
-        count += 1
+    hits, count = int((totals >= sign * u - 1e-9).sum()), len(totals)
     # Monte Carlo: the observed arrangement counts as one of the draws, so p is never 0. No events: nothing to test.
     p_perm = hits / count if method == "exact" else (hits + 1) / (count + 1)
     return {"n_seeds": n_seeds, "n_conditions": k, "increasing": increasing, "events": int(e.sum()),
