@@ -30,6 +30,7 @@ def build_corpus(
     output: str | Path | None = None,
     min_doc_chars: int = 200,
     root: str | Path | None = None,
+    fallback: bool = True,
 ) -> list[str]:
     """Collect offline English documents, deterministically, up to ``max_chars`` characters in total.
 
@@ -40,7 +41,9 @@ def build_corpus(
         output: Optional file to write: ``.jsonl`` gets one ``{"text": ...}`` object per document, anything else
             gets the documents separated by blank lines.
         min_doc_chars: Drop documents shorter than this (dictionary stubs, headers); the sample is kept whole.
-        root: Directory standing in for ``/usr/share`` (tests).
+        root: Directory standing in for ``/usr/share`` (tests, or packages unpacked elsewhere).
+        fallback: Return the shipped sample when ``sources`` found nothing (``False``: return ``[]``, so callers
+            that need the named sources can tell).
 
     Returns:
         The documents, each a string of prose without markup.
@@ -74,7 +77,7 @@ def build_corpus(
             continue
         if not take(_READERS[name](share), min_doc_chars):
             break
-    if "sample" in names or not docs:
+    if "sample" in names or (fallback and not docs):
         if max_chars is None or total < max_chars:
             take(sample_documents(), 1)
     if output is not None:

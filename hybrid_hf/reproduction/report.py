@@ -148,9 +148,9 @@ def check_comparable(runs: list[dict[str, Any]]) -> None:
     for r in runs[1:]:
         for key in COMPARABLE_SETTINGS:
             a, b = first["settings"].get(key), r["settings"].get(key)
-            if key == "text_sources":  # records from before the field: docstrings only
-                a, b = a or [], b or []
-            if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            if key == "text_sources":  # a list in records, a tuple in settings; absent before the field: docstrings
+                a, b = list(a or []), list(b or [])
+            if a != b:
                 raise ValueError(f"runs are not comparable: settings.{key} is {a!r} in {first['arm']}/{first['seed']} "
                                  f"but {b!r} in {r['arm']}/{r['seed']}; report them separately.")
         da, db = first.get("data", {}).get("train", {}), r.get("data", {}).get("train", {})

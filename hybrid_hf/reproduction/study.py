@@ -33,7 +33,7 @@ import torch
 
 from .. import HybridConfig, HybridForCausalLM
 from ..analysis import needle_mass, teacher_forced_copy_scores
-from ..data import SOURCE_NAMES, build_corpus, sample_documents, train_tokenizer
+from ..data import SOURCE_NAMES, build_corpus, train_tokenizer
 from ..data.docstrings import corpus_fingerprint, docstring_documents, split_held_out
 from ..data.mixture import KEYS, NeedleMixture, answer_ids, tokenize_stream
 from ..evaluation import NEEDLE, make_sample
@@ -192,8 +192,8 @@ def prepare(work: str | Path, s: StudySettings, workers: int = 1) -> Prepared:
         if s.text_sources:
             found = {}
             for name in s.text_sources:
-                extra = build_corpus(None, sources=[name], root=s.text_root)
-                if extra == sample_documents():  # build_corpus's fallback when nothing was found
+                extra = build_corpus(None, sources=[name], root=s.text_root, fallback=False)
+                if not extra:
                     raise ValueError(f"text_sources: {name!r} found no files under text_root={s.text_root!r} "
                                      "(default /usr/share); install or unpack its package there.")
                 docs += extra
@@ -215,7 +215,8 @@ def prepare(work: str | Path, s: StudySettings, workers: int = 1) -> Prepared:
     if smallest <= needle_len and s.profile != "smoke":
         raise ValueError(f"seq_len={s.seq_len}: the smallest window ({smallest}) is not longer than a needle sentence "
                          f"({needle_len} tokens); use seq_len >= {PAPER_CONTEXT // 128 * (needle_len + 1)}.")
-    info = {"corpus_source": source, "text_sources": list(s.text_sources), "text_root": s.text_root, "train": corpus_fingerprint(train_docs), "held_out": corpus_fingerprint(held_out),
+    info = {"corpus_source": source, "text_sources": list(s.text_sources), "text_root": s.text_root,
+            "train": corpus_fingerprint(train_docs), "held_out": corpus_fingerprint(held_out),
             "train_tokens": int(len(stream)), "needle_sentence_tokens": needle_len,
             "query_tokens": max(len(mix.query_ids(k)) for k in KEYS), "harvest_s": round(harvest_s, 1),
             "prepare_s": round(time.time() - t0, 1), "overlap_held_out_train": len(set(train_docs) & set(held_out))}
