@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
+from .cache import cached_length
 from .configuration_hybrid import ATTENTION_KERNELS, ATTENTION_LAYER_TYPES, HybridConfig
 from .masking import attention_masks, packed_documents
 from .static_cache import HybridStaticCache
@@ -242,7 +243,7 @@ def resolve(
     if isinstance(cache, HybridStaticCache):
         _check_static_cache(config, attention_mask, output_attentions)
         return static_cache_plan(config, inputs_embeds, cache)
-    past_length = cache.get_seq_length() if cache is not None else 0
+    past_length = cached_length(cache, config.layer_types)
     if isinstance(attention_mask, dict):
         masks, documents = attention_mask, cu_seqlens
     else:

@@ -6,8 +6,10 @@ work there, with deprecation warnings). The model passes and reads the cache und
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
@@ -28,3 +30,15 @@ def resolve_cache_argument(cache: Cache | None, past_key_values: Cache | None) -
             "Pass the cache as `cache` or as `past_key_values` (the name before transformers 5.24), not both."
         )
     return cache if cache is not None else past_key_values
+
+
+def cached_length(cache: Cache | None, layer_types: Sequence[str]) -> int:
+    """The number of tokens ``cache`` holds, as a Python int (0 for no cache).
+
+    Read from the first attention layer where there is one: from transformers 5.25 a linear-attention cache layer
+    counts its tokens in a tensor, and reading that back is a host synchronisation (done only for all-linear stacks)."""
+    if cache is None:
+        return 0
+    index = next((i for i, kind in enumerate(layer_types) if kind != "linear_attention"), 0)
+    length = cache.get_seq_length(index)
+    return int(length) if isinstance(length, torch.Tensor) else length

@@ -155,6 +155,10 @@ def use_fla(x: torch.Tensor, kind: str) -> bool:
     return True
 
 
+# Both entry points run outside torch.compile (one clean graph break per layer): traced by dynamo, the memoised
+# availability checks were re-run symbolically, their imports failed inside the trace, and compiled training silently
+# took the PyTorch reference even with fla installed; fla's Triton kernels run eagerly in any case.
+@torch.compiler.disable
 def scalar_decay_attention(q, k, v, g, initial_state=None, cu_seqlens=None, chunk_size: int = 64):
     """Scalar-decay linear attention: fla ``chunk_simple_gla`` on CUDA, else the PyTorch reference."""
     if use_fla(q, "scalar"):
@@ -168,6 +172,7 @@ def scalar_decay_attention(q, k, v, g, initial_state=None, cu_seqlens=None, chun
     return scalar_decay_chunked(q, k, v, g, initial_state, chunk_size)
 
 
+@torch.compiler.disable
 def gated_delta_attention(q, k, v, g, beta, initial_state=None, cu_seqlens=None, chunk_size: int = 64):
     """Gated delta rule: fla ``chunk_gated_delta_rule`` on CUDA (when its backward is safe), else the reference."""
     if use_fla(q, "gated_delta"):

@@ -23,7 +23,7 @@ from transformers.utils import can_return_tuple
 
 from .attention import HybridAttention
 from .attention_dispatch import LayerPlan, resolve, static_cache_plan
-from .cache import OUTPUT_CACHE_FIELD, output_cache, resolve_cache_argument
+from .cache import OUTPUT_CACHE_FIELD, cached_length, output_cache, resolve_cache_argument
 from .checkpoint_loading import from_pretrained_checked
 from .configuration_hybrid import HybridConfig
 from .inputs import validate_inputs
@@ -204,7 +204,7 @@ class HybridModel(HybridPreTrainedModel):
         output_attentions = bool(cfg.output_attentions if output_attentions is None else output_attentions)
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         use_cache, cache = self._cache_for_call(use_cache, resolve_cache_argument(cache, past_key_values))
-        past_length = cache.get_seq_length() if cache is not None else 0
+        past_length = cached_length(cache, cfg.layer_types)
         validate_inputs(cfg, input_ids, inputs_embeds, attention_mask, position_ids, past_length)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)

@@ -319,3 +319,27 @@ def test_cuda_without_fla_says_once_that_the_reference_runs():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not kernels.use_fla(cuda_like, "test-mixer")  # once per mixer kind
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_kernel_choice_is_made_eagerly_under_torch_compile(monkeypatch, mixer):
+    """The fla-or-reference decision runs as plain Python inside a compiled forward: traced by dynamo, its memoised
+    import checks failed inside the trace and compiled GDN training silently ran the reference despite fla."""
+    from hybrid_hf.modeling import linear_attention_dispatch
+
+    seen = []
+    real = linear_attention_dispatch.use_fla
+
+    def recording_use_fla(x, kind):
+        seen.append(torch.compiler.is_compiling())
+        return real(x, kind)
+
+    monkeypatch.setattr(linear_attention_dispatch, "use_fla", recording_use_fla)
+    model = tiny_model("LF", linear_attention_type=mixer)
+    ids = torch.randint(3, 128, (2, 12))
+    eager = model(ids).logits
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", dynamic=False)
+    torch.testing.assert_close(compiled(ids).logits, eager)
+    assert seen and not any(seen)  # called in both runs, never while tracing
+    assert len(seen) == 2 * model.config.layer_types.count("linear_attention")

@@ -151,11 +151,16 @@ def test_multi_process_benchmark_matches_one_process(tmp_path):
     global-batch loss, so in fp32 their loss curves agree (the GPU run of the same script compares FSDP2 and DDP)."""
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "fsdp" / "train_fsdp.py"
     args = [str(script), "--size", "tiny", "--seq-len", "32", "--global-batch", "4", "--steps", "4", "--warmup", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    # Launcher state left in this process's environment by earlier tests must not reach the children.
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launcher + ("ACCELERATE_",))}
+    env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.json")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args,
+    # --standalone: a fresh rendezvous on a free local port, never the fixed default 29500 that another job on the
+    # same host may hold (a shared store makes torchrun's exit barrier wait out its 300 s timeout).
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
                           "--out", str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
