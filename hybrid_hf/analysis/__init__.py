@@ -23,6 +23,7 @@ from .mechanisms import (
     receptive_field_cap,
 )
 from .statistics import (
+    equivalence_power,
     equivalence_test,
     first_crossing,
     kaplan_meier,
@@ -31,6 +32,7 @@ from .statistics import (
     normalised_auc,
     paired_power,
     paired_test,
+    seeds_for_equivalence,
     seeds_for_power,
     trend_test,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "attention_entropy",
     "copy_paste_retrieval_scores",
     "copy_paste_scores",
+    "equivalence_power",
     "equivalence_test",
     "first_crossing",
     "fit_scaling_law",
@@ -56,6 +59,7 @@ __all__ = [
     "qk_weight_distance",
     "receptive_field_cap",
     "retrieval_head_scores",
+    "seeds_for_equivalence",
     "seeds_for_power",
     "teacher_forced_copy_scores",
     "top_heads",

@@ -286,6 +286,48 @@ def seeds_for_power(effect: float, sd: float, power: float = 0.8, alpha: float =
     return lo
 
 
+def equivalence_power(n: int, effect: float, sd: float, margin: float, alpha: float = 0.05) -> float:
+    """Power of the paired TOST of ``equivalence_test`` (``|mean difference| < margin`` at level ``alpha``) with
+    ``n`` pairs, a true mean difference ``effect`` and per-pair standard deviation ``sd``: the usual noncentral-t
+    approximation ``P(T_low > t) + P(T_high < -t) - 1`` (floored at 0; 0 when ``|effect| >= margin``)."""
+    from scipy import stats
+
+    if n < 2:
+        raise ValueError(f"n={n} must be >= 2.")
+    if sd <= 0 or margin <= 0:
+        raise ValueError(f"sd={sd} and margin={margin} must be > 0.")
+    if abs(effect) >= margin:
+        return 0.0
+    df, root_n = n - 1, math.sqrt(n)
+    crit = stats.t.ppf(1 - alpha, df)
+    low = stats.nct.sf(crit, df, (effect + margin) / sd * root_n)
+    high = stats.nct.cdf(-crit, df, (effect - margin) / sd * root_n)
+    return float(max(0.0, low + high - 1.0))
+
+
+def seeds_for_equivalence(effect: float, sd: float, margin: float, power: float = 0.8, alpha: float = 0.05,
+                          max_n: int = 100_000) -> int | None:
+    """Smallest number of seeds (pairs) at which the paired TOST reaches ``power`` (``equivalence_power``);
+    ``None`` when ``|effect| >= margin`` (equivalence is then never the expected outcome) or beyond ``max_n``."""
+    if not 0.0 < power < 1.0:
+        raise ValueError(f"power={power}; allowed: a float in (0, 1).")
+    if abs(effect) >= margin:
+        return None
+    hi = 2
+    while equivalence_power(hi, effect, sd, margin, alpha) < power:
+        if hi >= max_n:
+            return None
+        hi = min(2 * hi, max_n)
+    lo = max(2, hi // 2)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if equivalence_power(mid, effect, sd, margin, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def first_crossing(steps: Sequence[float], values: Sequence[float], threshold: float,
                    interpolate: bool = True) -> float | None:
     """First step at which ``values`` reach ``threshold`` (linearly interpolated between the two checkpoints that

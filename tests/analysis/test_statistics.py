@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("scipy")
 
 from hybrid_hf.analysis import (  # noqa: E402
+    equivalence_power,
     equivalence_test,
     first_crossing,
     kaplan_meier,
@@ -18,6 +19,7 @@ from hybrid_hf.analysis import (  # noqa: E402
     normalised_auc,
     paired_power,
     paired_test,
+    seeds_for_equivalence,
     seeds_for_power,
     trend_test,
 )
@@ -172,3 +174,17 @@ def test_kaplan_meier_matches_scipy_ecdf_with_censoring():
     np.testing.assert_allclose(km["survival"][1:], ref)
     assert km["time"][0] == 0.0 and km["survival"][0] == 1.0
     assert kaplan_meier([1, 2, 2, 3], [True, True, False, True])["survival"] == [1.0, 0.75, 0.5, 0.0]
+
+
+def test_equivalence_power_matches_simulation_and_grows_with_seeds():
+    rng = np.random.default_rng(11)
+    n, effect, sd, margin = 8, 0.005, 0.01, 0.02
+    trials = [equivalence_test(np.zeros(n), rng.normal(effect, sd, size=n), margin)["equivalent"]
+              for _ in range(4000)]
+    assert abs(np.mean(trials) - equivalence_power(n, effect, sd, margin)) < 0.03
+    assert equivalence_power(4, effect, sd, margin) < equivalence_power(16, effect, sd, margin)
+    need = seeds_for_equivalence(effect, sd, margin)
+    assert equivalence_power(need, effect, sd, margin) >= 0.8 > equivalence_power(need - 1, effect, sd, margin)
+    assert seeds_for_equivalence(0.03, sd, margin) is None and equivalence_power(5, 0.02, sd, margin) == 0.0
+    with pytest.raises(ValueError, match="margin"):
+        equivalence_power(5, 0.0, sd, 0.0)
