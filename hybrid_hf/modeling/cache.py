@@ -35,8 +35,8 @@ def resolve_cache_argument(cache: Cache | None, past_key_values: Cache | None) -
 def cached_length(cache: Cache | None, layer_types: Sequence[str]) -> int:
     """The number of tokens ``cache`` holds, as a Python int (0 for no cache).
 
-    Read from the first attention layer where there is one: from transformers 5.25 a linear-attention cache layer
-    counts its tokens in a tensor, and reading that back is a host synchronisation (done only for all-linear stacks)."""
+    Read from the first attention layer: from transformers 5.25 a linear-attention cache layer counts its tokens in
+    a tensor (so does transformers' ``StaticCache``); a tensor count is read back to the host."""
     if cache is None:
         return 0
     index = next((i for i, kind in enumerate(layer_types) if kind != "linear_attention"), 0)

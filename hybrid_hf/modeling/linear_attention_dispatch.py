@@ -155,16 +155,33 @@ def use_fla(x: torch.Tensor, kind: str) -> bool:
     return True
 
 
-# Both entry points run outside torch.compile (one clean graph break per layer): traced by dynamo, the memoised
-# availability checks were re-run symbolically, their imports failed inside the trace, and compiled training silently
-# took the PyTorch reference even with fla installed; fla's Triton kernels run eagerly in any case.
+# Under torch.compile the kernel choice and fla's kernels run eagerly (``torch.compiler.disable``), while the PyTorch
+# reference stays traceable: traced by dynamo, the memoised availability checks were re-run symbolically, their imports
+# failed inside the trace, and compiled training silently took the reference although fla was installed.
 @torch.compiler.disable
+def kernel_choice(x: torch.Tensor, kind: str) -> bool:
+    """``use_fla(x, kind)``, always evaluated eagerly (also inside a compiled forward)."""
+    return use_fla(x, kind)
+
+
+@torch.compiler.disable
+def _fla_scalar_decay(q, k, v, g, initial_state, cu_seqlens):
+    chunk_simple_gla = importlib.import_module("fla.ops.simple_gla").chunk_simple_gla
+    return chunk_simple_gla(q, k, v, g=g, scale=1.0, initial_state=initial_state, output_final_state=True,
+                            cu_seqlens=cu_seqlens)
+
+
+@torch.compiler.disable
+def _fla_gated_delta(q, k, v, g, beta, initial_state, cu_seqlens):
+    chunk_gated_delta_rule = importlib.import_module("fla.ops.gated_delta_rule").chunk_gated_delta_rule
+    return chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=1.0, initial_state=initial_state,
+                                  output_final_state=True, cu_seqlens=cu_seqlens)
+
+
 def scalar_decay_attention(q, k, v, g, initial_state=None, cu_seqlens=None, chunk_size: int = 64):
     """Scalar-decay linear attention: fla ``chunk_simple_gla`` on CUDA, else the PyTorch reference."""
-    if use_fla(q, "scalar"):
-        chunk_simple_gla = importlib.import_module("fla.ops.simple_gla").chunk_simple_gla
-        return chunk_simple_gla(q, k, v, g=g, scale=1.0, initial_state=initial_state, output_final_state=True,
-                                cu_seqlens=cu_seqlens)
+    if kernel_choice(q, "scalar"):
+        return _fla_scalar_decay(q, k, v, g, initial_state, cu_seqlens)
     if cu_seqlens is not None:
         return _per_document(scalar_decay_attention, cu_seqlens, q, k, v, g, chunk_size=chunk_size)
     if q.shape[1] == 1:
@@ -172,13 +189,10 @@ def scalar_decay_attention(q, k, v, g, initial_state=None, cu_seqlens=None, chun
     return scalar_decay_chunked(q, k, v, g, initial_state, chunk_size)
 
 
-@torch.compiler.disable
 def gated_delta_attention(q, k, v, g, beta, initial_state=None, cu_seqlens=None, chunk_size: int = 64):
     """Gated delta rule: fla ``chunk_gated_delta_rule`` on CUDA (when its backward is safe), else the reference."""
-    if use_fla(q, "gated_delta"):
-        chunk_gated_delta_rule = importlib.import_module("fla.ops.gated_delta_rule").chunk_gated_delta_rule
-        return chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=1.0, initial_state=initial_state,
-                                      output_final_state=True, cu_seqlens=cu_seqlens)
+    if kernel_choice(q, "gated_delta"):
+        return _fla_gated_delta(q, k, v, g, beta, initial_state, cu_seqlens)
     if cu_seqlens is not None:
         return _per_document(gated_delta_attention, cu_seqlens, q, k, v, g, beta, chunk_size=chunk_size)
     if q.shape[1] == 1:

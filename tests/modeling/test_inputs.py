@@ -94,3 +94,18 @@ def test_loss_equals_transformers_causal_lm_loss(fused):
         loss = model(ids8, labels=labels).loss
         reference = ForCausalLMLoss(model(ids8).logits, labels, V)
     torch.testing.assert_close(loss, reference)
+
+
+@pytest.mark.parametrize("pattern", ["SF", "LF", "FL"])
+def test_cached_length_is_an_int_for_every_layer_order(pattern):
+    """transformers >= 5.25 counts a linear-attention cache layer's tokens in a tensor; the model reads an int."""
+    from hybrid_hf.modeling.cache import cached_length
+
+    model = tiny_model(pattern, linear_attention_type="gated_deltanet" if "L" in pattern else None)
+    cache = DynamicCache(config=model.config)
+    assert cached_length(cache, model.config.layer_types) == 0
+    model(ids8, cache=cache, use_cache=True)
+    model(torch.randint(3, V, (1, 1)), cache=cache, use_cache=True)
+    length = cached_length(cache, model.config.layer_types)
+    assert type(length) is int and length == 9
+    assert cached_length(None, model.config.layer_types) == 0

@@ -323,8 +323,9 @@ def test_cuda_without_fla_says_once_that_the_reference_runs():
 
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_kernel_choice_is_made_eagerly_under_torch_compile(monkeypatch, mixer):
-    """The fla-or-reference decision runs as plain Python inside a compiled forward: traced by dynamo, its memoised
-    import checks failed inside the trace and compiled GDN training silently ran the reference despite fla."""
+    """The fla-or-reference decision runs as plain Python inside a compiled forward (traced by dynamo, its memoised
+    import checks failed inside the trace and compiled GDN training silently ran the reference despite fla); the
+    reference maths stays inside the compiled graph."""
     from hybrid_hf.modeling import linear_attention_dispatch
 
     seen = []
@@ -335,6 +336,14 @@ def test_kernel_choice_is_made_eagerly_under_torch_compile(monkeypatch, mixer):
         return real(x, kind)
 
     monkeypatch.setattr(linear_attention_dispatch, "use_fla", recording_use_fla)
+    name = "gated_delta_chunked" if mixer == "gated_deltanet" else "scalar_decay_chunked"
+    reference, traced = getattr(linear_attention_dispatch, name), []
+
+    def recording_reference(*args):
+        traced.append(torch.compiler.is_compiling())
+        return reference(*args)
+
+    monkeypatch.setattr(linear_attention_dispatch, name, recording_reference)
     model = tiny_model("LF", linear_attention_type=mixer)
     ids = torch.randint(3, 128, (2, 12))
     eager = model(ids).logits
@@ -343,3 +352,4 @@ def test_kernel_choice_is_made_eagerly_under_torch_compile(monkeypatch, mixer):
     torch.testing.assert_close(compiled(ids).logits, eager)
     assert seen and not any(seen)  # called in both runs, never while tracing
     assert len(seen) == 2 * model.config.layer_types.count("linear_attention")
+    assert traced[0] is False and any(traced[1:])  # ...while the PyTorch reference itself is still compiled

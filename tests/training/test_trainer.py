@@ -153,7 +153,7 @@ def test_multi_process_benchmark_matches_one_process(tmp_path):
     args = [str(script), "--size", "tiny", "--seq-len", "32", "--global-batch", "4", "--steps", "4", "--warmup", "2"]
     # Launcher state left in this process's environment by earlier tests must not reach the children.
     launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(launcher + ("ACCELERATE_",))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launcher + ("GROUP_", "ROLE_", "ACCELERATE_", "FSDP_"))}
     env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.json")], env=env,
                          capture_output=True, text=True, timeout=300)
