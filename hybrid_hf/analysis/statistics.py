@@ -10,7 +10,7 @@ seed: same data order and initialisation). Needs scipy (``pip install hybrid_hf[
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -270,16 +270,21 @@ def seeds_for_power(effect: float, sd: float, power: float = 0.8, alpha: float =
         raise ValueError(f"power={power}; allowed: a float in (0, 1).")
     if effect == 0:
         return None
-    # Double until the power is reached, then bisect (the noncentral t is unstable at huge n, so never start there).
+    return _smallest_n(lambda n: paired_power(n, effect, sd, alpha, alternative), power, max_n)
+
+
+def _smallest_n(power_at: Callable[[int], float], power: float, max_n: int) -> int | None:
+    """Smallest n >= 2 with ``power_at(n) >= power`` for a power that grows with n; None beyond ``max_n``. Doubles
+    until the power is reached, then bisects (the noncentral t is unstable at huge n, so never start there)."""
     hi = 2
-    while paired_power(hi, effect, sd, alpha, alternative) < power:
+    while power_at(hi) < power:
         if hi >= max_n:
             return None
         hi = min(2 * hi, max_n)
     lo = max(2, hi // 2)
     while lo < hi:
         mid = (lo + hi) // 2
-        if paired_power(mid, effect, sd, alpha, alternative) >= power:
+        if power_at(mid) >= power:
             hi = mid
         else:
             lo = mid + 1
@@ -314,19 +319,7 @@ def seeds_for_equivalence(effect: float, sd: float, margin: float, power: float 
         raise ValueError(f"power={power}; allowed: a float in (0, 1).")
     if abs(effect) >= margin:
         return None
-    hi = 2
-    while equivalence_power(hi, effect, sd, margin, alpha) < power:
-        if hi >= max_n:
-            return None
-        hi = min(2 * hi, max_n)
-    lo = max(2, hi // 2)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if equivalence_power(mid, effect, sd, margin, alpha) >= power:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    return _smallest_n(lambda n: equivalence_power(n, effect, sd, margin, alpha), power, max_n)
 
 
 def first_crossing(steps: Sequence[float], values: Sequence[float], threshold: float,
