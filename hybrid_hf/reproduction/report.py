@@ -236,8 +236,7 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                                       [_censor(m, arm, sd, "emergence_niah") for sd in seeds])
                 entry["emergence_niah"]["censored"] = {a: sum(m[a][sd]["emergence_niah_censored"] for sd in seeds)
                                                        for a in ("full", arm)}
-                entry["auc_niah"] = _comparison([m["full"][sd]["auc_niah"] for sd in seeds],
-                                                [m[arm][sd]["auc_niah"] for sd in seeds])
+                entry["auc_niah"] = _comparison(*_paired(m, "full", arm, "auc_niah")[:2])
             c_out[arm] = entry
         c_out["verdict"] = _verdict_convergence(c_out, min(n_seeds.values()), _reached(runs, "full"))
         res["convergence"] = c_out
@@ -531,13 +530,12 @@ def write_report(runs: list[dict[str, Any]], out: str | Path, commands: Sequence
         if v:
             lines.append(f"| {name} | **{v['verdict']}** | {v.get('why', '')} | {v.get('seeds_for_80pct_power') or '-'} |")
     lazy = res["laziness"].get("arms", [])
+    lines += ["", "## (a) Large-Window Laziness", ""]
     if len(lazy) < len(SWA_ARMS):
-        lines += ["", "## (a) Large-Window Laziness", "",
-                  f"Not tested by these runs: it needs the arms {', '.join(SWA_ARMS)}; these have "
+        lines += [f"Not tested by these runs: it needs the arms {', '.join(SWA_ARMS)}; these have "
                   f"{', '.join(lazy) if lazy else 'none of them'}."]
     else:
-        lines += ["", "## (a) Large-Window Laziness", "",
-                  f"Emergence: first step with NIAH@{s['seq_len']} >= {s['niah_threshold']} (interpolated; a run that "
+        lines += [f"Emergence: first step with NIAH@{s['seq_len']} >= {s['niah_threshold']} (interpolated; a run that "
                   f"never reaches it counts as its last step), first step with a full-layer copy score >= "
                   f"{s['head_threshold']}, the area under the NIAH-vs-step curve (its mean level) and, where recorded, the "
                   "mean NIAH answer loss over training (`auc_answer_loss`, nats per answer token; a continuous "
@@ -545,17 +543,17 @@ def write_report(runs: list[dict[str, Any]], out: str | Path, commands: Sequence
                   "primary test; the log-rank trend test (permutation within seed) is a censoring-aware sensitivity "
                   "analysis: a run that never reached the criterion is censored at its last step instead of tied there; "
                   "`emergence_km.png` shows the fraction of seeds past the criterion per arm (Kaplan-Meier).", "",
-                  "| endpoint | " + " | ".join(res["laziness"].get("arms", [])) +
+                  "| endpoint | " + " | ".join(lazy) +
                   " | Page p (one-sided) | log-rank trend p (permutation / normal) | mean Spearman | swa2048 - swa128 [95% CI] | "
                   "p (t / Wilcoxon) | never reached |",
-                  "|---" * (len(res["laziness"].get("arms", [])) + 7) + "|"]
+                  "|---" * (len(lazy) + 7) + "|"]
         for key, fmt in (("emergence_niah", "{:.0f}"), ("emergence_head", "{:.0f}"), ("auc_niah", "{:.3f}"),
                          ("auc_answer_loss", "{:.3f}")):
             e = res["laziness"].get(key)
             if not e or "trend" not in e:
                 continue
             comp = e["large_minus_small"]
-            cells = [_ci(e["per_arm"][a], fmt=fmt) for a in res["laziness"]["arms"]]
+            cells = [_ci(e["per_arm"][a], fmt=fmt) for a in lazy]
             lr = e.get("logrank_trend")
             lr_cell = f"{lr['p_permutation']:.3g} / {lr['p_asymptotic']:.3g}" if lr else "-"
             lines.append(f"| {key} | " + " | ".join(cells) + f" | {e['trend']['p_page']:.3g} | {lr_cell} | "
